@@ -1,0 +1,114 @@
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { loadPipelineFile, pipelineSchema, resolveOptions, snakeToKebab } from '../config/options.js';
+import { runDemo } from '../demo/demo.js';
+import { ingest, type RunSummary } from '../pipeline/ingest.js';
+import { REASONS } from '../pipeline/reasons.js';
+
+/** Options given on the command line take the schema's names; only those given are returned. */
+function collectSchemaOptions(values: Record<string, unknown>): Record<string, unknown> {
+  const raw: Record<string, unknown> = {};
+  for (const [name, property] of Object.entries(pipelineSchema.properties)) {
+    const camel = snakeToKebab(name).replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
+    const value = values[camel];
+    if (value === undefined) continue;
+    raw[name] = convert(value, property.type, property.items?.type);
+  }
+  return raw;
+}
+
+/** Converts a flag's text to the schema type; text that does not convert is kept so validation names it. */
+function convert(value: unknown, type: string | undefined, itemType: string | undefined): unknown {
+  if (typeof value !== 'string') return value;
+  if (type === 'integer' || type === 'number') {
+    const number = Number(value);
+    return value.trim() !== '' && Number.isFinite(number) ? number : value;
+  }
+  if (type === 'array' && itemType === 'string') return value.split(',').map((item) => item.trim()).filter(Boolean);
+  return value;
+}
+
+function addSchemaOptions(command: Command, skip: readonly string[]): Command {
+  for (const [name, property] of Object.entries(pipelineSchema.properties)) {
+    if (skip.includes(name)) continue;
+    const flag = `--${snakeToKebab(name)}`;
+    const defaultText = property.default === undefined ? '' : ` (default: ${JSON.stringify(property.default)})`;
+    const option =
+      property.type === 'boolean'
+        ? new Option(flag, `${property.description ?? ''}${defaultText}`)
+        : new Option(`${flag} <value>`, `${property.description ?? ''}${defaultText}`);
+    if (property.enum) option.choices(property.enum);
+    command.addOption(option);
+  }
+  return command;
+}
+
+export function printSummary(summary: RunSummary, write: (text: string) => void = (text) => process.stdout.write(text)): void {
+  const lines = [
+    `run ${summary.run_id}: ${summary.input_rows} input rows, ${summary.ok} kept, ${summary.rejected} rejected in ${summary.duration_s.toFixed(1)} s`,
+  ];
+  const reasons = Object.entries(summary.reasons).sort((a, b) => b[1] - a[1]);
+  for (const [reason, count] of reasons) lines.push(`  ${reason.padEnd(20)} ${count}`);
+  lines.push(`shards: ${summary.shards.length} in ${summary.output}`);
+  for (const shard of summary.shards) lines.push(`  ${path.join(summary.output, shard)}`);
+  lines.push(`status per row: ${path.join(summary.output, 'status')}`);
+  lines.push(`run summary: ${path.join(summary.output, 'run.json')}`);
+  write(`${lines.join('\n')}\n`);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('geoshard')
+    .description('Turn public image URLs into region-filtered, deduplicated WebDataset shards')
+    .version('0.1.0')
+    .showHelpAfterError();
+
+  addSchemaOptions(
+    program
+      .command('ingest')
+      .description('Ingest a URL list or a folder of images into WebDataset shards')
+      .argument('<source>', 'URL list (txt, csv, tsv, jsonl, parquet, optionally .gz) or a folder of images')
+      .requiredOption('-o, --output <dir>', 'folder for shards, status files, run.json and the embedded catalog'),
+    ['source', 'output'],
+  ).action(async (source: string, values: Record<string, unknown>) => {
+    const options = resolveOptions({ ...collectSchemaOptions(values), source, output: values.output }, 'command-line options');
+    printSummary(await ingest(options));
+  });
+
+  addSchemaOptions(
+    program
+      .command('run')
+      .description('Run a pipeline file (YAML, validated against schemas/pipeline.schema.json); flags override its fields')
+      .argument('<pipeline>', 'pipeline file'),
+    [],
+  ).action(async (file: string, values: Record<string, unknown>) => {
+    const overrides = collectSchemaOptions(values);
+    for (const key of ['source', 'output']) {
+      if (typeof overrides[key] === 'string') overrides[key] = path.resolve(overrides[key] as string);
+    }
+    printSummary(await ingest(await loadPipelineFile(file, overrides)));
+  });
+
+  program
+    .command('demo')
+    .description('Serve the bundled real images on a loopback port and ingest them, showing every kind of outcome')
+    .option('-o, --output <dir>', 'output folder', 'geoshard-demo')
+    .action(async (values: { output: string }) => {
+      const summary = await runDemo(path.resolve(values.output), { progress: 'none' });
+      printSummary(summary);
+      process.stdout.write(`\nlist the first shard with: tar tvf ${path.join(summary.output, summary.shards[0] ?? '')}\n`);
+    });
+
+  program
+    .command('reasons')
+    .description('List the rejection reason codes written to status files and the catalog')
+    .action(() => {
+      for (const [code, text] of Object.entries(REASONS)) process.stdout.write(`${code.padEnd(20)} ${text}\n`);
+      process.stdout.write(`${'http_<status>'.padEnd(20)} the server answered with that HTTP status (after retries for 408, 429 and 5xx)\n`);
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await buildProgram().parseAsync(argv);
+}

@@ -1,0 +1,109 @@
+import { hammingDistance, type Hash64 } from './phash.js';
+
+export type DedupMode = 'exact_and_near' | 'exact' | 'none';
+
+export interface DuplicateMatch {
+  kind: 'exact' | 'near';
+  /** Key of the kept sample this one duplicates. */
+  keptKey: string;
+  distance: number;
+}
+
+function toBigInt(hash: Hash64): bigint {
+  return (BigInt(hash.high) << 32n) | BigInt(hash.low);
+}
+
+/**
+ * Near-duplicate index by multi-index hashing (Norouzi, Punjani and Fleet, 2012): the
+ * 64 bits are split into radius + 1 chunks, and by the pigeonhole principle two hashes
+ * within the radius agree exactly on at least one chunk. A lookup therefore reads
+ * radius + 1 buckets instead of every stored hash.
+ */
+export class NearIndex {
+  readonly radius: number;
+  readonly #chunkBits: number[];
+  readonly #tables: Map<bigint, number[]>[];
+  readonly #hashes: Hash64[] = [];
+  readonly #keys: string[] = [];
+
+  constructor(radius: number) {
+    if (!Number.isInteger(radius) || radius < 0 || radius > 32) {
+      throw new RangeError(`Expected an integer from 0 to 32 for the near-duplicate radius but received ${radius}`);
+    }
+    this.radius = radius;
+    const chunks = radius + 1;
+    this.#chunkBits = Array.from({ length: chunks }, (_, index) => Math.floor(64 / chunks) + (index < 64 % chunks ? 1 : 0));
+    this.#tables = this.#chunkBits.map(() => new Map());
+  }
+
+  get size(): number {
+    return this.#hashes.length;
+  }
+
+  #chunks(hash: Hash64): bigint[] {
+    const value = toBigInt(hash);
+    const chunks: bigint[] = [];
+    let shift = 64n;
+    for (const bits of this.#chunkBits) {
+      shift -= BigInt(bits);
+      chunks.push((value >> shift) & ((1n << BigInt(bits)) - 1n));
+    }
+    return chunks;
+  }
+
+  /** Returns the closest stored hash within the radius (the earliest on ties), or null. */
+  find(hash: Hash64): { key: string; distance: number } | null {
+    let best: { id: number; distance: number } | null = null;
+    const seen = new Set<number>();
+    this.#chunks(hash).forEach((chunk, table) => {
+      for (const id of this.#tables[table]!.get(chunk) ?? []) {
+        if (seen.has(id)) continue;
+        seen.add(id);
+        const distance = hammingDistance(hash, this.#hashes[id]!);
+        if (distance > this.radius) continue;
+        if (!best || distance < best.distance || (distance === best.distance && id < best.id)) best = { id, distance };
+      }
+    });
+    const found = best as { id: number; distance: number } | null;
+    return found ? { key: this.#keys[found.id]!, distance: found.distance } : null;
+  }
+
+  add(key: string, hash: Hash64): void {
+    const id = this.#hashes.length;
+    this.#hashes.push(hash);
+    this.#keys.push(key);
+    this.#chunks(hash).forEach((chunk, table) => {
+      const bucket = this.#tables[table]!.get(chunk);
+      if (bucket) bucket.push(id);
+      else this.#tables[table]!.set(chunk, [id]);
+    });
+  }
+}
+
+/** In-process duplicate index: exact by pixel SHA-256, near by perceptual hash. */
+export class DedupIndex {
+  readonly mode: DedupMode;
+  readonly #exact = new Map<string, string>();
+  readonly #near: NearIndex;
+
+  constructor(mode: DedupMode, radius: number) {
+    this.mode = mode;
+    this.#near = new NearIndex(radius);
+  }
+
+  /** Returns the kept sample this one duplicates, or null when it is new. */
+  check(sha256: string, phash: Hash64): DuplicateMatch | null {
+    if (this.mode === 'none') return null;
+    const exact = this.#exact.get(sha256);
+    if (exact !== undefined) return { kind: 'exact', keptKey: exact, distance: 0 };
+    if (this.mode !== 'exact_and_near') return null;
+    const near = this.#near.find(phash);
+    return near ? { kind: 'near', keptKey: near.key, distance: near.distance } : null;
+  }
+
+  add(key: string, sha256: string, phash: Hash64): void {
+    if (this.mode === 'none') return;
+    this.#exact.set(sha256, key);
+    if (this.mode === 'exact_and_near') this.#near.add(key, phash);
+  }
+}
