@@ -9,20 +9,38 @@ export interface DuplicateMatch {
   distance: number;
 }
 
-function toBigInt(hash: Hash64): bigint {
-  return (BigInt(hash.high) << 32n) | BigInt(hash.low);
+/** Chunks the 64 bits are split into: 16 bits each, so a bucket holds about N / 65536 hashes. */
+const CHUNKS = 4;
+const CHUNK_BITS = 64 / CHUNKS;
+
+/** Every value within Hamming distance `radius` of `value`, over `bits` bits. */
+function neighbours(value: number, bits: number, radius: number): number[] {
+  const found = [value];
+  let frontier = [{ value, lowestBit: 0 }];
+  for (let distance = 1; distance <= radius; distance += 1) {
+    const next: { value: number; lowestBit: number }[] = [];
+    for (const item of frontier) {
+      for (let bit = item.lowestBit; bit < bits; bit += 1) {
+        const flipped = item.value ^ (1 << bit);
+        found.push(flipped);
+        next.push({ value: flipped, lowestBit: bit + 1 });
+      }
+    }
+    frontier = next;
+  }
+  return found;
 }
 
 /**
  * Near-duplicate index by multi-index hashing (Norouzi, Punjani and Fleet, 2012): the
- * 64 bits are split into radius + 1 chunks, and by the pigeonhole principle two hashes
- * within the radius agree exactly on at least one chunk. A lookup therefore reads
- * radius + 1 buckets instead of every stored hash.
+ * 64 bits are split into 4 chunks of 16 bits, and by the pigeonhole principle two hashes
+ * within radius r differ in at most floor(r / 4) bits on at least one chunk. A lookup
+ * reads the buckets of those chunk values instead of every stored hash.
  */
 export class NearIndex {
   readonly radius: number;
-  readonly #chunkBits: number[];
-  readonly #tables: Map<bigint, number[]>[];
+  readonly #chunkRadius: number;
+  readonly #tables: Map<number, number[]>[] = Array.from({ length: CHUNKS }, () => new Map());
   readonly #hashes: Hash64[] = [];
   readonly #keys: string[] = [];
 
@@ -31,24 +49,15 @@ export class NearIndex {
       throw new RangeError(`Expected an integer from 0 to 32 for the near-duplicate radius but received ${radius}`);
     }
     this.radius = radius;
-    const chunks = radius + 1;
-    this.#chunkBits = Array.from({ length: chunks }, (_, index) => Math.floor(64 / chunks) + (index < 64 % chunks ? 1 : 0));
-    this.#tables = this.#chunkBits.map(() => new Map());
+    this.#chunkRadius = Math.floor(radius / CHUNKS);
   }
 
   get size(): number {
     return this.#hashes.length;
   }
 
-  #chunks(hash: Hash64): bigint[] {
-    const value = toBigInt(hash);
-    const chunks: bigint[] = [];
-    let shift = 64n;
-    for (const bits of this.#chunkBits) {
-      shift -= BigInt(bits);
-      chunks.push((value >> shift) & ((1n << BigInt(bits)) - 1n));
-    }
-    return chunks;
+  #chunks(hash: Hash64): number[] {
+    return [hash.high >>> 16, hash.high & 0xffff, hash.low >>> 16, hash.low & 0xffff];
   }
 
   /** Returns the closest stored hash within the radius (the earliest on ties), or null. */
@@ -56,12 +65,14 @@ export class NearIndex {
     let best: { id: number; distance: number } | null = null;
     const seen = new Set<number>();
     this.#chunks(hash).forEach((chunk, table) => {
-      for (const id of this.#tables[table]!.get(chunk) ?? []) {
-        if (seen.has(id)) continue;
-        seen.add(id);
-        const distance = hammingDistance(hash, this.#hashes[id]!);
-        if (distance > this.radius) continue;
-        if (!best || distance < best.distance || (distance === best.distance && id < best.id)) best = { id, distance };
+      for (const probe of neighbours(chunk, CHUNK_BITS, this.#chunkRadius)) {
+        for (const id of this.#tables[table]!.get(probe) ?? []) {
+          if (seen.has(id)) continue;
+          seen.add(id);
+          const distance = hammingDistance(hash, this.#hashes[id]!);
+          if (distance > this.radius) continue;
+          if (!best || distance < best.distance || (distance === best.distance && id < best.id)) best = { id, distance };
+        }
       }
     });
     const found = best as { id: number; distance: number } | null;
