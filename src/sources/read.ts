@@ -81,33 +81,38 @@ async function* readJsonl(file: string): AsyncGenerator<SourceRecord> {
 }
 
 /**
- * Reads CSV or TSV with a header line. A record with the wrong number of fields or broken
- * quoting becomes an error record in its place, and reading goes on.
+ * Reads CSV or TSV with a header line. A record with the wrong number of fields becomes an
+ * error record in its place, and reading goes on. An unclosed quote runs to the end of
+ * the file, as CSV quoting allows line breaks, and becomes one error record.
  */
 async function* readDelimited(file: string, delimiter: ',' | '\t'): AsyncGenerator<SourceRecord> {
-  const skipped: SourceRecord[] = [];
-  let index = 0;
+  // The parser reports a skipped record with the count of good records before it; that count places it in order.
+  const skipped: { goodBefore: number; error: string }[] = [];
   const parser = openText(file).pipe(
     parseCsv({
       columns: true,
       delimiter,
       // TSV has no quoting convention, so quotes inside captions stay as they are.
       quote: delimiter === '\t' ? false : '"',
+      relax_quotes: true,
       bom: true,
       skip_empty_lines: true,
       skip_records_with_error: true,
       on_skip: (error) => {
-        skipped.push({ index: index++, error: error?.message ?? 'malformed record' });
+        const where = error?.lines ? `line ${error.lines}: ` : '';
+        skipped.push({ goodBefore: Number(error?.records ?? 0), error: `${where}${error?.message ?? 'malformed record'}` });
       },
     }),
   );
 
+  let index = 0;
+  let good = 0;
   for await (const record of parser as AsyncIterable<Record<string, string>>) {
-    // on_skip runs synchronously inside the parser, so skipped records come before this one.
-    yield* skipped.splice(0);
+    while (skipped.length > 0 && skipped[0]!.goodBefore <= good) yield { index: index++, error: skipped.shift()!.error };
     yield { index: index++, record };
+    good += 1;
   }
-  yield* skipped.splice(0);
+  for (const item of skipped) yield { index: index++, error: item.error };
 }
 
 function toJsonValue(value: unknown): unknown {
