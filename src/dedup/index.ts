@@ -9,11 +9,11 @@ export interface DuplicateMatch {
   distance: number;
 }
 
-/** Chunks the 64 bits are split into: 16 bits each, so a bucket holds about N / 65536 hashes. */
+/** Chunks the 64 bits are split into: 16 bits each, so a bucket contains about N / 65536 hashes. */
 const CHUNKS = 4;
 const CHUNK_BITS = 64 / CHUNKS;
 
-/** Every value within Hamming distance `radius` of `value`, over `bits` bits. */
+/** Lists every value within Hamming distance `radius` of `value`, over `bits` bits. */
 function neighbours(value: number, bits: number, radius: number): number[] {
   const found = [value];
   let frontier = [{ value, lowestBit: 0 }];
@@ -32,9 +32,9 @@ function neighbours(value: number, bits: number, radius: number): number[] {
 }
 
 /**
- * Near-duplicate index by multi-index hashing (Norouzi, Punjani and Fleet, 2012): the
- * 64 bits are split into 4 chunks of 16 bits, and by the pigeonhole principle two hashes
- * within radius r differ in at most floor(r / 4) bits on at least one chunk. A lookup
+ * Near-duplicate index by multi-index hashing (Norouzi, Punjani and Fleet, 2012). The
+ * 64 bits are split into 4 chunks of 16 bits. By the pigeonhole principle, two hashes
+ * within radius r differ in at most floor(r / 4) bits on at least one chunk, so a lookup
  * reads the buckets of those chunk values instead of every stored hash.
  */
 export class NearIndex {

@@ -18,10 +18,12 @@ const CONTENT_TYPES: Record<string, string> = {
 };
 
 /**
- * Serves the files of a folder on 127.0.0.1 for the demo and the tests:
- * `/images/NAME` the file, `/optout/NAME` the file with `X-Robots-Tag: noai`,
- * `/redirect/NAME` a 302 to `/images/NAME`, `/half/NAME` a copy resized to half its
- * width and re-encoded as JPEG quality 80 with its EXIF kept; anything else is a 404.
+ * Serves the files of a folder on 127.0.0.1 for the demo and the tests.
+ * - `/images/NAME`: the file.
+ * - `/optout/NAME`: the file with `X-Robots-Tag: noai`.
+ * - `/redirect/NAME`: a 302 to `/images/NAME`.
+ * - `/half/NAME`: a copy at half the width, JPEG quality 80, EXIF kept.
+ * Anything else is a 404.
  */
 export async function startImageServer(folder: string): Promise<ImageServer> {
   const server = http.createServer((request, response) => {

@@ -259,7 +259,7 @@ export class Fetcher {
   }
 }
 
-/** Closes a response body that will not be read; destroying it emits an error nobody needs. */
+/** Closes a response body that will not be read; destroying it emits an error that no caller reads. */
 function discard(body: Dispatcher.ResponseData['body']): void {
   body.on('error', () => undefined);
   body.destroy();

@@ -274,7 +274,7 @@ export async function ingest(options: IngestOptions, hooks: IngestHooks = {}): P
   };
 
   try {
-    // Four times the request concurrency keeps requests flowing while a slow row holds the head of the order.
+    // A window of four times the request concurrency keeps requests flowing while a slow row waits at the head.
     const outcomes = orderedMap(readSource(options.source, format), options.concurrency * 4, (record) => processRecord(record, context));
     for await (const outcome of outcomes) {
       counts.rows += 1;
