@@ -118,3 +118,29 @@ export class DedupIndex {
     if (this.mode === 'exact_and_near') this.#near.add(key, phash);
   }
 }
+
+/**
+ * Decides whether a sample duplicates a kept one and, when it does not, records it as
+ * kept, in one step, so that two callers cannot both keep the same image.
+ */
+export interface Deduplicator {
+  claim(key: string, sha256: string, phash: Hash64): Promise<DuplicateMatch | null>;
+  close(): Promise<void>;
+}
+
+/** The in-process deduplicator of a single run. */
+export class MemoryDeduplicator implements Deduplicator {
+  readonly #index: DedupIndex;
+
+  constructor(mode: DedupMode, radius: number) {
+    this.#index = new DedupIndex(mode, radius);
+  }
+
+  async claim(key: string, sha256: string, phash: Hash64): Promise<DuplicateMatch | null> {
+    const match = this.#index.check(sha256, phash);
+    if (!match) this.#index.add(key, sha256, phash);
+    return match;
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,10 +1,8 @@
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
+import type { PendingObject, Storage } from '../storage/storage.js';
 
 /** One WebDataset sample: files keyed by extension, written as `{key}.{extension}`. */
 export interface ShardSample {
@@ -14,6 +12,7 @@ export interface ShardSample {
 
 export interface ShardInfo {
   name: string;
+  /** Object path relative to the storage root. */
   path: string;
   samples: number;
   bytes: number;
@@ -46,13 +45,14 @@ class OpenShard {
   firstKey = '';
   lastKey = '';
 
-  constructor(readonly name: string, readonly temporaryPath: string) {
+  constructor(readonly name: string, readonly target: PendingObject) {
     const tap = new PassThrough();
     tap.on('data', (chunk: Buffer) => {
       this.#md5.update(chunk);
       this.bytes += chunk.length;
     });
-    this.#done = pipeline(this.#pack, tap, createWriteStream(temporaryPath));
+    this.#done = pipeline(this.#pack, tap, target.stream);
+    this.#done.catch(() => undefined);
   }
 
   async add(sample: ShardSample): Promise<void> {
@@ -73,26 +73,28 @@ class OpenShard {
     this.samples += 1;
   }
 
+  /** Ends the tar and publishes it under its final name. */
   async finish(): Promise<string> {
     this.#pack.finalize();
     await this.#done;
+    await this.target.commit();
     return this.#md5.digest('hex');
   }
 
   async abort(): Promise<void> {
     this.#pack.destroy();
     await this.#done.catch(() => undefined);
-    await rm(this.temporaryPath, { force: true });
+    await this.target.abort();
   }
 }
 
 /**
  * Writes samples into tar shards of at most `shardSize` samples, named
- * `{prefix}-{000000}.tar`. A shard is written under a temporary name and renamed when
- * complete, so a reader never sees half a shard; a `.stats.json` lies beside each one.
+ * `{prefix}-{000000}.tar`, through storage that publishes an object only when it is
+ * complete, so a reader never sees half a shard. A `.stats.json` lies beside each shard.
  */
 export class ShardWriter {
-  readonly #folder: string;
+  readonly #storage: Storage;
   readonly #prefix: string;
   readonly #shardSize: number;
   readonly #onShard: ((info: ShardInfo) => Promise<void> | void) | undefined;
@@ -101,13 +103,13 @@ export class ShardWriter {
   #nextIndex: number;
 
   constructor(options: {
-    folder: string;
+    storage: Storage;
     prefix: string;
     shardSize: number;
     firstIndex?: number;
     onShard?: (info: ShardInfo) => Promise<void> | void;
   }) {
-    this.#folder = options.folder;
+    this.#storage = options.storage;
     this.#prefix = options.prefix;
     this.#shardSize = options.shardSize;
     this.#nextIndex = options.firstIndex ?? 0;
@@ -126,10 +128,9 @@ export class ShardWriter {
   async write(sample: ShardSample): Promise<string> {
     assertValidKey(sample.key);
     if (!this.#open) {
-      await mkdir(this.#folder, { recursive: true });
       const name = shardName(this.#prefix, this.#nextIndex);
       this.#nextIndex += 1;
-      this.#open = new OpenShard(name, path.join(this.#folder, `.${name}.tar.partial`));
+      this.#open = new OpenShard(name, await this.#storage.createObject(`${name}.tar`));
     }
     const shard = this.#open;
     await shard.add(sample);
@@ -143,12 +144,9 @@ export class ShardWriter {
     this.#open = null;
 
     const md5 = await shard.finish();
-    const finalPath = path.join(this.#folder, `${shard.name}.tar`);
-    await rename(shard.temporaryPath, finalPath);
-
     const info: ShardInfo = {
       name: shard.name,
-      path: finalPath,
+      path: `${shard.name}.tar`,
       samples: shard.samples,
       bytes: shard.bytes,
       md5,
@@ -156,7 +154,7 @@ export class ShardWriter {
       lastKey: shard.lastKey,
     };
     const stats = { shard: `${shard.name}.tar`, samples: info.samples, bytes: info.bytes, md5, first_key: info.firstKey, last_key: info.lastKey };
-    await writeFile(path.join(this.#folder, `${shard.name}.stats.json`), `${JSON.stringify(stats, null, 2)}\n`);
+    await this.#storage.writeObject(`${shard.name}.stats.json`, `${JSON.stringify(stats, null, 2)}\n`);
     this.#written.push(info);
     await this.#onShard?.(info);
   }
@@ -179,14 +177,14 @@ export class ShardWriter {
  * Writes an index for indexed WebDataset readers (wids): shard URLs relative to the
  * index file, with sample counts, sizes and MD5 sums.
  */
-export async function writeWidsIndex(folder: string, name: string, shards: readonly ShardInfo[]): Promise<string> {
+export async function writeWidsIndex(storage: Storage, name: string, shards: readonly ShardInfo[]): Promise<string> {
   const index = {
     __kind__: 'wids-shard-index-v1',
     wids_version: 1,
     name,
     shardlist: shards.map((shard) => ({ url: `${shard.name}.tar`, nsamples: shard.samples, filesize: shard.bytes, md5sum: shard.md5 })),
   };
-  const file = path.join(folder, `${name}.wids.json`);
-  await writeFile(file, `${JSON.stringify(index, null, 2)}\n`);
+  const file = `${name}.wids.json`;
+  await storage.writeObject(file, `${JSON.stringify(index, null, 2)}\n`);
   return file;
 }

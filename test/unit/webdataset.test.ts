@@ -4,6 +4,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import tar from 'tar-stream';
+import { LocalStorage } from '../../src/storage/storage.js';
 import { ShardWriter, writeWidsIndex } from '../../src/webdataset/writer.js';
 import { temporaryFolder } from '../support/helpers.js';
 
@@ -27,7 +28,7 @@ describe('ShardWriter', () => {
     const folder = await temporaryFolder(t);
     const published: string[] = [];
     const writer = new ShardWriter({
-      folder,
+      storage: new LocalStorage(folder),
       prefix: 'part',
       shardSize: 2,
       onShard: async (info) => {
@@ -60,7 +61,7 @@ describe('ShardWriter', () => {
     const folders = [await temporaryFolder(t), await temporaryFolder(t)];
     const digests: string[] = [];
     for (const folder of folders) {
-      const writer = new ShardWriter({ folder, prefix: 'same', shardSize: 10 });
+      const writer = new ShardWriter({ storage: new LocalStorage(folder), prefix: 'same', shardSize: 10 });
       await writer.write(sample('k1'));
       await writer.write(sample('k2'));
       digests.push((await writer.close())[0]!.md5);
@@ -69,14 +70,14 @@ describe('ShardWriter', () => {
   });
 
   it('rejects keys with dots or slashes', async (t) => {
-    const writer = new ShardWriter({ folder: await temporaryFolder(t), prefix: 'p', shardSize: 10 });
+    const writer = new ShardWriter({ storage: new LocalStorage(await temporaryFolder(t)), prefix: 'p', shardSize: 10 });
     await assert.rejects(writer.write(sample('a.b')), /Invalid sample key "a\.b"/);
     await assert.rejects(writer.write(sample('a/b')), /no dots, no slashes/);
   });
 
   it('leaves nothing behind when aborted', async (t) => {
     const folder = await temporaryFolder(t);
-    const writer = new ShardWriter({ folder, prefix: 'p', shardSize: 10 });
+    const writer = new ShardWriter({ storage: new LocalStorage(folder), prefix: 'p', shardSize: 10 });
     await writer.write(sample('k1'));
     await writer.abort();
     assert.deepEqual(await readdir(folder), []);
@@ -84,11 +85,11 @@ describe('ShardWriter', () => {
 
   it('indexes shards for wids readers', async (t) => {
     const folder = await temporaryFolder(t);
-    const writer = new ShardWriter({ folder, prefix: 'p', shardSize: 1 });
+    const writer = new ShardWriter({ storage: new LocalStorage(folder), prefix: 'p', shardSize: 1 });
     await writer.write(sample('k1'));
     await writer.write(sample('k2'));
-    const file = await writeWidsIndex(folder, 'p', await writer.close());
-    const index = JSON.parse(await readFile(file, 'utf8'));
+    const file = await writeWidsIndex(new LocalStorage(folder), 'p', await writer.close());
+    const index = JSON.parse(await readFile(path.join(folder, file), 'utf8'));
     assert.equal(index.__kind__, 'wids-shard-index-v1');
     assert.deepEqual(index.shardlist.map((item: { url: string; nsamples: number }) => [item.url, item.nsamples]), [['p-000000.tar', 1], ['p-000001.tar', 1]]);
   });

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { runDemo } from '../../src/demo/demo.js';
+import { createS3Client, s3SettingsFromEnv, S3Storage } from '../../src/storage/s3.js';
+import { LocalStorage, type Storage } from '../../src/storage/storage.js';
+import { temporaryFolder } from '../support/helpers.js';
+
+const endpoint = process.env.GEOSHARD_TEST_S3_ENDPOINT;
+const databaseUrl = process.env.GEOSHARD_TEST_DATABASE_URL;
+const s3Missing = endpoint ? false : 'GEOSHARD_TEST_S3_ENDPOINT not set: start infra/local/s3.sh';
+
+async function newBucket(): Promise<{ url: string; storage: S3Storage }> {
+  const settings = s3SettingsFromEnv({ ...process.env, GEOSHARD_S3_ENDPOINT: endpoint });
+  const client = createS3Client(settings);
+  const bucket = `geoshard-test-${randomBytes(4).toString('hex')}`;
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  client.destroy();
+  const url = `s3://${bucket}/runs/one`;
+  return { url, storage: new S3Storage(url, createS3Client(settings)) };
+}
+
+/** The same behaviour is expected of both storages. */
+async function exerciseStorage(storage: Storage): Promise<void> {
+  const pending = await storage.createObject('shards/big.tar');
+  // 12 MiB in 1 MiB writes: more than one 8 MiB part, so S3 takes a multipart upload.
+  const chunk = Buffer.alloc(1 << 20);
+  for (let i = 0; i < 12; i += 1) {
+    chunk.fill(i);
+    if (!pending.stream.write(Buffer.from(chunk))) await new Promise((resolve) => pending.stream.once('drain', resolve));
+  }
+  assert.deepEqual(await storage.list('shards/'), [], 'an object must stay invisible until committed');
+  await pending.commit();
+
+  await storage.writeObject('shards/a.json', '{"a":1}');
+  const aborted = await storage.createObject('shards/never.tar');
+  aborted.stream.write(Buffer.alloc(1000));
+  await aborted.abort();
+
+  assert.deepEqual(await storage.list('shards/'), [
+    { path: 'shards/a.json', size: 7 },
+    { path: 'shards/big.tar', size: 12 << 20 },
+  ]);
+  const range = await storage.readRange('shards/big.tar', (3 << 20) - 2, (3 << 20) + 2);
+  assert.deepEqual([...range], [2, 2, 3, 3]);
+  assert.equal((await storage.readObject('shards/a.json')).toString(), '{"a":1}');
+  assert.equal(await storage.exists('shards/a.json'), true);
+  assert.equal(await storage.exists('shards/never.tar'), false);
+}
+
+describe('LocalStorage', () => {
+  it('publishes whole objects, lists and reads ranges', async (t) => {
+    await exerciseStorage(new LocalStorage(await temporaryFolder(t)));
+  });
+
+  it('rejects paths that leave the root', async (t) => {
+    const storage = new LocalStorage(await temporaryFolder(t));
+    await assert.rejects(storage.writeObject('../escape.txt', 'x'), /leaves the storage root/);
+  });
+});
+
+describe('S3Storage', { skip: s3Missing }, () => {
+  it('uploads in parts, lists and reads ranges', async (t) => {
+    const { storage } = await newBucket();
+    t.after(() => storage.close());
+    await exerciseStorage(storage);
+  });
+
+  it('receives a whole run with status and summary', { skip: databaseUrl ? false : 'GEOSHARD_TEST_DATABASE_URL not set: start infra/local/postgres.sh' }, async (t) => {
+    const { url, storage } = await newBucket();
+    t.after(() => storage.close());
+    const previous = process.env.GEOSHARD_S3_ENDPOINT;
+    process.env.GEOSHARD_S3_ENDPOINT = endpoint;
+    t.after(() => {
+      if (previous === undefined) delete process.env.GEOSHARD_S3_ENDPOINT;
+      else process.env.GEOSHARD_S3_ENDPOINT = previous;
+    });
+
+    const summary = await runDemo(url, { progress: 'none', catalog: databaseUrl });
+    const names = (await storage.list()).map((item) => item.path);
+    assert.deepEqual(names, [
+      'run.json',
+      'shard-000000.stats.json',
+      'shard-000000.tar',
+      'shard-000001.stats.json',
+      'shard-000001.tar',
+      'shard.wids.json',
+      'status/shard-status-000000.jsonl',
+    ]);
+    const status = (await storage.readObject('status/shard-status-000000.jsonl')).toString().trim().split('\n');
+    assert.equal(status.length, summary.input_rows);
+    const runJson = JSON.parse((await storage.readObject('run.json')).toString());
+    assert.equal(runJson.ok, 6);
+  });
+});
+
+describe('S3 settings', () => {
+  it('defaults to path style and required-only checksums for custom endpoints', () => {
+    assert.deepEqual(s3SettingsFromEnv({ GEOSHARD_S3_ENDPOINT: 'http://127.0.0.1:9000' }), {
+      endpoint: 'http://127.0.0.1:9000',
+      region: 'us-east-1',
+      forcePathStyle: true,
+      checksums: 'when_required',
+    });
+    assert.equal(s3SettingsFromEnv({}).forcePathStyle, false);
+    assert.throws(() => s3SettingsFromEnv({ GEOSHARD_S3_CHECKSUMS: 'off' }), /expected when_supported or when_required/);
+  });
+});
