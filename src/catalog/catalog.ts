@@ -7,7 +7,9 @@ import pg from 'pg';
 /** The part of a PostgreSQL client the catalog uses; PGlite and pg both provide it. */
 export interface SqlClient {
   query<Row = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<{ rows: Row[] }>;
-  /** Runs one statement or several without parameters, inside a transaction, holding the migration lock. */
+  /** Runs `work` in one transaction on one connection: committed when it resolves, rolled back when it throws. */
+  transaction<T>(work: (tx: Pick<SqlClient, 'query'>) => Promise<T>): Promise<T>;
+  /** Runs `apply` in a transaction while holding the migration lock. */
   migrate(apply: (client: Pick<SqlClient, 'query'>) => Promise<void>): Promise<void>;
   close(): Promise<void>;
   readonly kind: 'pglite' | 'postgres';
@@ -23,6 +25,8 @@ function openPglite(dataDir: string | undefined): SqlClient {
   return {
     kind: 'pglite',
     query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await db.query<Row>(sql, params)).rows }),
+    transaction: <T>(work: (tx: Pick<SqlClient, 'query'>) => Promise<T>) =>
+      db.transaction((tx) => work({ query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await tx.query<Row>(sql, params)).rows }) })),
     // PGlite is a single connection inside this process, so its transaction is the lock.
     migrate: async (apply) => {
       await db.transaction(async (tx) => {
@@ -40,6 +44,21 @@ function openPostgres(url: string): SqlClient {
   return {
     kind: 'postgres',
     query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await pool.query(sql, params)).rows as Row[] }),
+    transaction: async <T>(work: (tx: Pick<SqlClient, 'query'>) => Promise<T>) => {
+      const client = await pool.connect();
+      try {
+        await client.query('begin');
+        const result = await work({ query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await client.query(sql, params)).rows as Row[] }) });
+        await client.query('commit');
+        client.release();
+        return result;
+      } catch (error) {
+        await client.query('rollback').catch(() => undefined);
+        // A connection that failed mid-transaction may be broken: drop it instead of pooling it.
+        client.release(true);
+        throw error;
+      }
+    },
     migrate: async (apply) => {
       const client = await pool.connect();
       try {

@@ -1,7 +1,12 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { loadPipelineFile, pipelineSchema, resolveOptions, snakeToKebab } from '../config/options.js';
+import { openCatalogClient } from '../catalog/catalog.js';
 import { runDemo } from '../demo/demo.js';
+import { formatRunStatus, readRunStatus } from '../distributed/status.js';
+import { resolveCatalogUrl, submit } from '../distributed/submit.js';
+import { startWorker } from '../distributed/worker.js';
+import { log } from '../log.js';
 import { ingest, type RunSummary } from '../pipeline/ingest.js';
 import { REASONS } from '../pipeline/reasons.js';
 
@@ -87,6 +92,53 @@ export function buildProgram(): Command {
     }
     printSummary(await ingest(await loadPipelineFile(file, overrides)));
   });
+
+  addSchemaOptions(
+    program
+      .command('submit')
+      .description('Split a run into work units and publish them to Kafka for workers (needs kafka_brokers and a PostgreSQL catalog)')
+      .argument('<pipeline>', 'pipeline file'),
+    [],
+  ).action(async (file: string, values: Record<string, unknown>) => {
+    const result = await submit(await loadPipelineFile(file, collectSchemaOptions(values)));
+    process.stdout.write(`run ${result.runId}: ${result.units} units, ${result.rows} input rows submitted\n`);
+  });
+
+  addSchemaOptions(
+    program
+      .command('worker')
+      .description('Process work units from Kafka until stopped with SIGTERM or SIGINT; run about one worker per core')
+      .argument('<pipeline>', 'pipeline file'),
+    [],
+  ).action(async (file: string, values: Record<string, unknown>) => {
+    const worker = await startWorker(await loadPipelineFile(file, collectSchemaOptions(values)));
+    const stop = (signal: string) => {
+      log.info({ signal }, 'stop requested');
+      void worker.stop();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+    await worker.done;
+    await worker.stop();
+  });
+
+  program
+    .command('status')
+    .description('Show units done, running and pending, rates, rejections and stuck units of a run')
+    .argument('<pipeline>', 'pipeline file')
+    .option('--run-id <id>', 'run to show (default: the latest)')
+    .option('--stuck-after <seconds>', 'running time after which a unit counts as stuck', '600')
+    .option('--json', 'print JSON')
+    .action(async (file: string, values: { runId?: string; stuckAfter: string; json?: boolean }) => {
+      const options = await loadPipelineFile(file);
+      const client = await openCatalogClient(resolveCatalogUrl(options), undefined);
+      try {
+        const status = await readRunStatus(client, values.runId ?? options.runId, Number(values.stuckAfter));
+        process.stdout.write(values.json ? `${JSON.stringify(status, null, 2)}\n` : formatRunStatus(status));
+      } finally {
+        await client.close();
+      }
+    });
 
   program
     .command('demo')

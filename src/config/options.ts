@@ -49,6 +49,12 @@ export interface IngestOptions {
   nearRadius: number;
   allowPrivateNetwork: boolean;
   catalog?: string;
+  kafkaBrokers?: string;
+  unitsTopic: string;
+  eventsTopic: string;
+  consumerGroup: string;
+  sessionTimeoutMs: number;
+  runId?: string;
   progress: 'auto' | 'bar' | 'log' | 'none';
 }
 

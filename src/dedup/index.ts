@@ -10,11 +10,11 @@ export interface DuplicateMatch {
 }
 
 /** Chunks the 64 bits are split into: 16 bits each, so a bucket contains about N / 65536 hashes. */
-const CHUNKS = 4;
-const CHUNK_BITS = 64 / CHUNKS;
+export const CHUNKS = 4;
+export const CHUNK_BITS = 64 / CHUNKS;
 
 /** Lists every value within Hamming distance `radius` of `value`, over `bits` bits. */
-function neighbours(value: number, bits: number, radius: number): number[] {
+export function neighbours(value: number, bits: number, radius: number): number[] {
   const found = [value];
   let frontier = [{ value, lowestBit: 0 }];
   for (let distance = 1; distance <= radius; distance += 1) {
@@ -29,6 +29,11 @@ function neighbours(value: number, bits: number, radius: number): number[] {
     frontier = next;
   }
   return found;
+}
+
+/** Splits a hash into its four 16-bit chunks, most significant first. */
+export function hashChunks(hash: Hash64): number[] {
+  return [hash.high >>> 16, hash.high & 0xffff, hash.low >>> 16, hash.low & 0xffff];
 }
 
 /**
@@ -57,7 +62,7 @@ export class NearIndex {
   }
 
   #chunks(hash: Hash64): number[] {
-    return [hash.high >>> 16, hash.high & 0xffff, hash.low >>> 16, hash.low & 0xffff];
+    return hashChunks(hash);
   }
 
   /** Returns the closest stored hash within the radius (the earliest on ties), or null. */

@@ -52,6 +52,8 @@ export interface PartSpec {
   shardSize: number;
   statusName: string;
   onProgress?: (counts: PartCounts) => void;
+  /** Called with each status line as it is written. */
+  onStatus?: (line: StatusLine) => void;
   /** Called after each row; a worker uses it to keep its group membership alive. */
   onRow?: () => Promise<void> | void;
 }
@@ -192,6 +194,7 @@ export async function processPart(records: AsyncIterable<SourceRecord>, context:
   const status = await context.storage.createObject(`status/${part.statusName}`);
 
   function writeStatus(line: StatusLine): Promise<void> | void {
+    part.onStatus?.(line);
     if (!status.stream.write(`${JSON.stringify(line)}\n`)) return new Promise((resolve) => status.stream.once('drain', resolve));
   }
 

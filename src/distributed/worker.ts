@@ -1,0 +1,192 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import type { Producer } from 'kafkajs';
+import { openCatalogClient, type SqlClient } from '../catalog/catalog.js';
+import { CatalogStore } from '../catalog/store.js';
+import type { IngestOptions } from '../config/options.js';
+import { PostgresDeduplicator } from '../dedup/postgres.js';
+import { Fetcher } from '../fetch/fetcher.js';
+import { parsePolicy } from '../geo/policy.js';
+import { log as defaultLogger, type Logger } from '../log.js';
+import { processLimits } from '../pipeline/ingest.js';
+import { processPart, type RunContext, type StatusLine } from '../pipeline/part.js';
+import type { SourceRecord } from '../sources/read.js';
+import { openStorage } from '../storage/s3.js';
+import { createKafka, parseUnitMessage, resolveBrokers, type UnitMessage } from './kafka.js';
+import { resolveCatalogUrl } from './submit.js';
+
+/** Events per produce request. */
+const EVENT_BATCH = 500;
+
+export interface WorkerHandle {
+  /** Resolves when the worker has stopped. */
+  done: Promise<void>;
+  /** Stops after the unit in progress, which is finished and committed first. */
+  stop(): Promise<void>;
+}
+
+async function readUnit(context: RunContext, message: UnitMessage): Promise<SourceRecord[]> {
+  const text = (await context.storage.readObject(message.path)).toString('utf8');
+  return text
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => JSON.parse(line) as SourceRecord);
+}
+
+async function* fromArray<T>(items: readonly T[]): AsyncGenerator<T> {
+  yield* items;
+}
+
+async function sendEvents(producer: Producer, topic: string, runId: string, lines: StatusLine[]): Promise<void> {
+  for (let start = 0; start < lines.length; start += EVENT_BATCH) {
+    const messages = lines.slice(start, start + EVENT_BATCH).map((line) => ({ key: `${runId}:${line.row}`, value: JSON.stringify({ run_id: runId, ...line }) }));
+    await producer.send({ topic, messages });
+  }
+}
+
+/** Marks a run finished once its last unit is done; the totals come from the units. */
+async function finishRunIfComplete(client: SqlClient, runId: string): Promise<void> {
+  const { rows } = await client.query<{ pending: string; rows: string; ok: string; rejected: string }>(
+    `select count(*) filter (where status <> 'done') as pending, coalesce(sum(rows), 0) as rows,
+            coalesce(sum(ok), 0) as ok, coalesce(sum(rejected), 0) as rejected
+     from units where run_id = $1`,
+    [runId],
+  );
+  const totals = rows[0]!;
+  if (Number(totals.pending) > 0) return;
+  const reasons = await client.query<{ reason: string; count: string }>('select reason, count(*) as count from rejections where run_id = $1 group by reason', [runId]);
+  await new CatalogStore(client).finishRun(runId, {
+    inputRows: Number(totals.rows),
+    ok: Number(totals.ok),
+    rejected: Number(totals.rejected),
+    reasons: Object.fromEntries(reasons.rows.map((row) => [row.reason, Number(row.count)])),
+  });
+}
+
+/**
+ * Starts a worker: it joins the consumer group of the units topic and processes one unit
+ * at a time, end to end. The offset of a unit is committed only after its shard, status
+ * file, catalog rows and events are written, so a crash before that replays the unit,
+ * and the replay writes the same shard name, keys and rows.
+ */
+export async function startWorker(options: IngestOptions, { logger = defaultLogger }: { logger?: Logger } = {}): Promise<WorkerHandle> {
+  const workerId = `${os.hostname()}-${process.pid}-${randomBytes(2).toString('hex')}`;
+  const workerLogger = logger.child({ worker: workerId });
+  const client = await openCatalogClient(resolveCatalogUrl(options), undefined);
+  const storage = openStorage(options.output);
+  const kafka = createKafka(resolveBrokers(options), `geoshard-worker-${workerId}`, workerLogger);
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  const consumer = kafka.consumer({
+    groupId: options.consumerGroup,
+    // A unit takes seconds to minutes; heartbeats come from inside the work, and these
+    // time-outs only decide how soon a dead worker's units move to another one.
+    sessionTimeout: options.sessionTimeoutMs,
+    rebalanceTimeout: options.sessionTimeoutMs + 15_000,
+    heartbeatInterval: Math.max(1_000, Math.floor(options.sessionTimeoutMs / 10)),
+    // Unit messages are a few hundred bytes: small fetches keep a worker from hoarding units.
+    maxBytesPerPartition: 16 * 1024,
+    maxBytes: 64 * 1024,
+  });
+  const fetcher = new Fetcher(options);
+  const limits = processLimits(options);
+  const policy = parsePolicy(options.policy);
+  const catalog = new CatalogStore(client);
+
+  async function processUnit(message: UnitMessage, heartbeat: () => Promise<void>): Promise<void> {
+    const unitLogger = workerLogger.child({ run: message.run_id, unit: message.unit });
+    const existing = await client.query<{ status: string }>('select status from units where run_id = $1 and unit = $2', [message.run_id, message.unit]);
+    if (existing.rows[0]?.status === 'done') {
+      unitLogger.info('unit already done, skipping');
+      return;
+    }
+    await client.query(
+      `update units set status = 'running', worker = $3, attempts = attempts + 1, started_at = now() where run_id = $1 and unit = $2`,
+      [message.run_id, message.unit, workerId],
+    );
+
+    const context: RunContext = {
+      runId: message.run_id,
+      options,
+      policy,
+      storage,
+      catalog,
+      dedup: new PostgresDeduplicator(client, message.run_id, options.dedup, options.nearRadius),
+      fetcher,
+      ...limits,
+      allowFileUrls: options.inputFormat === 'folder',
+      logger: unitLogger,
+    };
+    const lines: StatusLine[] = [];
+    const records = await readUnit(context, message);
+    const started = Date.now();
+    const result = await processPart(fromArray(records), context, {
+      firstShard: message.unit,
+      // One shard per unit, named after it, whatever the order units are processed in.
+      shardSize: Number.MAX_SAFE_INTEGER,
+      statusName: `${options.shardPrefix}-status-${String(message.unit).padStart(6, '0')}.jsonl`,
+      onStatus: (line) => lines.push(line),
+      onRow: heartbeat,
+    });
+    await sendEvents(producer, options.eventsTopic, message.run_id, lines);
+    await client.query(
+      `update units set status = 'done', finished_at = now(), ok = $3, rejected = $4, reasons = $5 where run_id = $1 and unit = $2`,
+      [message.run_id, message.unit, result.ok, result.rejected, JSON.stringify(result.reasons)],
+    );
+    await finishRunIfComplete(client, message.run_id);
+    unitLogger.info({ rows: result.rows, ok: result.ok, rejected: result.rejected, seconds: (Date.now() - started) / 1000 }, 'unit done');
+  }
+
+  await producer.connect();
+  await consumer.connect();
+  await consumer.subscribe({ topic: options.unitsTopic, fromBeginning: true });
+  workerLogger.info({ topic: options.unitsTopic, group: options.consumerGroup }, 'worker started');
+
+  let stopping = false;
+  const finished = new Promise<void>((resolve, reject) => {
+    consumer.on(consumer.events.CRASH, (event) => {
+      const { error, restart } = event.payload;
+      workerLogger.error({ err: error, restart }, 'consumer crashed');
+      if (!restart) reject(error);
+    });
+    consumer.on(consumer.events.STOP, () => resolve());
+  });
+
+  await consumer.run({
+    autoCommit: false,
+    eachBatchAutoResolve: false,
+    partitionsConsumedConcurrently: 1,
+    eachBatch: async ({ batch, resolveOffset, heartbeat, isRunning, isStale }) => {
+      for (const kafkaMessage of batch.messages) {
+        if (stopping || !isRunning() || isStale()) break;
+        let unit: UnitMessage;
+        try {
+          unit = parseUnitMessage(kafkaMessage.value);
+        } catch (error) {
+          // A message that can never be processed is logged and skipped rather than retried forever.
+          workerLogger.error({ err: error, partition: batch.partition, offset: kafkaMessage.offset }, 'skipping an invalid unit message');
+          resolveOffset(kafkaMessage.offset);
+          continue;
+        }
+        await processUnit(unit, heartbeat);
+        resolveOffset(kafkaMessage.offset);
+        await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(kafkaMessage.offset) + 1n).toString() }]);
+        await heartbeat();
+      }
+    },
+  });
+
+  async function stop(): Promise<void> {
+    if (stopping) return finished;
+    stopping = true;
+    workerLogger.info('worker stopping after the unit in progress');
+    // disconnect() waits for the running batch handler, which stops after its current unit.
+    await consumer.disconnect();
+    await producer.disconnect();
+    await fetcher.close();
+    await client.close();
+    await storage.close();
+    workerLogger.info('worker stopped');
+  }
+
+  return { done: finished, stop };
+}
