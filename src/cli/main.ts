@@ -7,6 +7,7 @@ import { formatRunStatus, readRunStatus } from '../distributed/status.js';
 import { resolveCatalogUrl, submit } from '../distributed/submit.js';
 import { startWorker } from '../distributed/worker.js';
 import { log } from '../log.js';
+import { registerTrainCommand } from '../train/command.js';
 import { ingest, type RunSummary } from '../pipeline/ingest.js';
 import { REASONS } from '../pipeline/reasons.js';
 
@@ -149,6 +150,8 @@ export function buildProgram(): Command {
       printSummary(summary);
       process.stdout.write(`\nlist the first shard with: tar tvf ${path.join(summary.output, summary.shards[0] ?? '')}\n`);
     });
+
+  registerTrainCommand(program);
 
   program
     .command('reasons')
