@@ -18,8 +18,8 @@ function lockKey(scope: string): bigint {
  * image at the same moment keep exactly one of them. A key that claims again (a replayed
  * unit) finds its own rows and is not its own duplicate.
  *
- * NOTE: the lock serialises claims of one run; each claim is three short statements, so
- * the ceiling is a few hundred claims per second per run on a local server (estimate).
+ * NOTE: the lock serialises the claims of one run. Each claim is three short statements,
+ * so the ceiling is a few hundred claims per second per run on a local server (estimate).
  */
 export class PostgresDeduplicator implements Deduplicator {
   readonly #lock: string;

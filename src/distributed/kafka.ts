@@ -29,7 +29,11 @@ export function resolveBrokers(options: Pick<IngestOptions, 'kafkaBrokers'>, env
   return value.split(',').map((broker) => broker.trim()).filter(Boolean);
 }
 
-/** kafkajs logs retried conditions (a rebalance, a leader move) as errors; failures it gives up on reach the consumer's crash event, which is logged as an error. */
+/**
+ * Maps kafkajs levels to the logger's. kafkajs logs conditions it retries (a rebalance, a
+ * leader move) as errors, so they become warnings. Failures it gives up on reach the
+ * consumer's crash event, which is logged as an error.
+ */
 const LEVELS: Record<number, 'error' | 'warn' | 'info' | 'debug'> = {
   [logLevel.ERROR]: 'warn',
   [logLevel.WARN]: 'warn',

@@ -23,7 +23,7 @@ export interface SubmitResult {
   rows: number;
 }
 
-/** The catalog URL of a distributed run: a shared PostgreSQL server is required. */
+/** Returns the catalog URL of a distributed run, which needs a shared PostgreSQL server. */
 export function resolveCatalogUrl(options: Pick<IngestOptions, 'catalog'>, env: NodeJS.ProcessEnv = process.env): string {
   const url = options.catalog ?? env.GEOSHARD_CATALOG_URL;
   if (!url) throw new Error('Missing catalog: workers share a PostgreSQL catalog; set catalog: postgres://... or GEOSHARD_CATALOG_URL');

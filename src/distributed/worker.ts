@@ -78,8 +78,8 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
   const consumer = kafka.consumer({
     groupId: options.consumerGroup,
-    // A unit takes seconds to minutes; heartbeats come from inside the work, and these
-    // time-outs only decide how soon a dead worker's units move to another one.
+    // A unit takes seconds to minutes, but heartbeats come from inside the work. So these
+    // time-outs only decide how soon the units of a dead worker move to another one.
     sessionTimeout: options.sessionTimeoutMs,
     rebalanceTimeout: options.sessionTimeoutMs + 15_000,
     heartbeatInterval: Math.max(1_000, Math.floor(options.sessionTimeoutMs / 10)),

@@ -28,7 +28,7 @@ export interface StatusLine {
   duplicate_of: string | null;
 }
 
-/** What every part of a run shares: options, clients and limits. */
+/** Options, clients and limits shared by every part of a run. */
 export interface RunContext {
   runId: string;
   options: IngestOptions;

@@ -8,7 +8,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { LocalStorage, isS3Url, type PendingObject, type Storage, type StoredObject } from './storage.js';
+import { LocalStorage, byPath, isS3Url, type PendingObject, type Storage, type StoredObject } from './storage.js';
 
 export interface S3Settings {
   endpoint?: string;
@@ -143,7 +143,7 @@ export class S3Storage implements Storage {
       }
       continuationToken = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (continuationToken);
-    return objects.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return objects.sort(byPath);
   }
 
   async exists(relativePath: string): Promise<boolean> {

@@ -19,8 +19,8 @@ export interface StoredObject {
 }
 
 /**
- * Where shards, status files and reports go: a local folder or an S3 prefix. Writes are
- * atomic: a reader sees the whole object or nothing.
+ * Destination of shards, status files and reports: a local folder or an S3 prefix. Writes
+ * are atomic, so a reader sees the whole object or nothing.
  */
 export interface Storage {
   /** The root as a user would write it: a folder path or s3://bucket/prefix. */
@@ -35,6 +35,12 @@ export interface Storage {
   list(prefix?: string): Promise<StoredObject[]>;
   exists(relativePath: string): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/** Orders objects by path in code-unit order, which is how S3 lists keys. */
+export function byPath(a: StoredObject, b: StoredObject): number {
+  if (a.path === b.path) return 0;
+  return a.path < b.path ? -1 : 1;
 }
 
 export function isS3Url(location: string): boolean {
@@ -125,7 +131,7 @@ export class LocalStorage implements Storage {
       if (!relative.startsWith(prefix)) continue;
       objects.push({ path: relative, size: (await stat(full)).size });
     }
-    return objects.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return objects.sort(byPath);
   }
 
   async exists(relativePath: string): Promise<boolean> {

@@ -134,7 +134,8 @@ function exitOf(child: ChildProcess): Promise<number | null> {
 async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const value = await probe();
+    // A probe that fails (a server restarting) counts as not yet.
+    const value = await probe().catch(() => undefined);
     if (value !== undefined) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(500);
@@ -289,4 +290,34 @@ describe('distributed run', { skip: missing, timeout: 600_000 }, () => {
     const objects = (await scenario.storage.list()).map((object) => object.path);
     assert.ok(objects.every((name) => /^(units\/unit-\d{6}\.jsonl|shard-\d{6}\.(tar|stats\.json)|status\/shard-status-\d{6}\.jsonl)$/.test(name)), objects.join(', '));
   });
+
+  for (const service of ['kafka', 'postgres'] as const) {
+    it(`finishes when ${service} restarts during the run`, async (t) => {
+      const { images, groups } = await loadCorpus();
+      const rows = buildRows(groups, 6);
+      const baseUrl = await serveImages(t, images, 40);
+      const scenario = await prepareScenario(t, rows, baseUrl);
+      await submitRun(scenario);
+
+      const workers = [0, 1].map(() => spawnGeoshard(['worker', scenario.pipeline], scenario.env));
+      t.after(() => workers.forEach((worker) => worker.kill('SIGKILL')));
+      await waitFor('a first unit to finish', 120_000, async () => {
+        const { rows: done } = await scenario.client.query<{ unit: number }>(`select unit from units where run_id = $1 and status = 'done'`, [scenario.runId]);
+        return done[0];
+      });
+
+      const restart = spawn('bash', [path.join(repoRoot, `infra/local/${service}.sh`), 'restart'], { stdio: 'inherit' });
+      assert.equal(await exitOf(restart), 0, `${service} restart failed`);
+
+      await waitForRun(scenario, 300_000);
+      await stopWorkers(workers);
+      const samples = await scenario.client.query<{ key: string }>('select key from samples where run_id = $1 order by key', [scenario.runId]);
+      assert.deepEqual(await shardKeys(scenario.storage), samples.rows.map((row) => row.key));
+      const accounted = await scenario.client.query<{ count: string }>(
+        'select (select count(*) from samples where run_id = $1) + (select count(*) from rejections where run_id = $1) as count',
+        [scenario.runId],
+      );
+      assert.equal(Number(accounted.rows[0]?.count), rows.length);
+    });
+  }
 });
