@@ -5,7 +5,7 @@ import { decodeImage, type DecodedImage } from '../decode/image.js';
 import type { Deduplicator } from '../dedup/index.js';
 import { hashToHex } from '../dedup/phash.js';
 import type { Fetcher } from '../fetch/fetcher.js';
-import { decideRegion, type RegionDecision, type RegionPolicy } from '../geo/policy.js';
+import { decideRegion, type LocationEvidence, type RegionDecision, type RegionPolicy } from '../geo/policy.js';
 import type { Logger } from '../log.js';
 import type { SourceRecord } from '../sources/read.js';
 import { toInputRow, type InputRow } from '../sources/row.js';
@@ -25,6 +25,8 @@ export interface StatusLine {
   shard: string | null;
   territory: string | null;
   location_source: string | null;
+  /** Every piece of location evidence the decision rested on: source, coordinates or declared code, territory. */
+  location_evidence: LocationEvidence[] | null;
   duplicate_of: string | null;
 }
 
@@ -71,7 +73,7 @@ export interface PartResult extends PartCounts {
 
 type RowOutcome =
   | { kind: 'ok'; index: number; row: InputRow; image: DecodedImage; region: RegionDecision }
-  | { kind: 'rejected'; index: number; url: string | null; reason: Reason; detail: string; territory: string | null };
+  | { kind: 'rejected'; index: number; url: string | null; reason: Reason; detail: string; region: RegionDecision | null };
 
 /** Rows buffered before one catalog insert. */
 const CATALOG_BATCH = 500;
@@ -104,7 +106,7 @@ function describeUnknown(decision: RegionDecision): string {
 async function processRecord(record: SourceRecord, context: RunContext): Promise<RowOutcome> {
   const { options, policy } = context;
   const url = urlOf(record, options.urlColumn);
-  let territory: string | null = null;
+  let region: RegionDecision | null = null;
 
   try {
     if (record.error !== undefined) throw new RejectionError('invalid_row', record.error);
@@ -113,26 +115,26 @@ async function processRecord(record: SourceRecord, context: RunContext): Promise
     // Declared evidence alone can exclude a row, and then the image is never downloaded.
     const declared = decideRegion(policy, { declaredCoordinates: row.declaredCoordinates, declaredCountry: row.declaredCountry });
     if (declared.verdict === 'excluded') {
-      territory = declared.territory;
+      region = declared;
       throw new RejectionError('excluded_territory', describeExclusion(declared));
     }
 
     const fetched = await context.fetchLimit(() => context.fetcher.fetch(row.url));
     const image = await context.decodeLimit(() => decodeImage(fetched.body, options));
 
-    const region = decideRegion(policy, { gps: image.gps, declaredCoordinates: row.declaredCoordinates, declaredCountry: row.declaredCountry });
-    territory = region.territory;
-    if (region.verdict === 'excluded') throw new RejectionError('excluded_territory', describeExclusion(region));
-    if (region.verdict === 'unknown' && options.unknownLocation === 'reject') {
-      throw new RejectionError('unknown_location', describeUnknown(region));
+    const decision = decideRegion(policy, { gps: image.gps, declaredCoordinates: row.declaredCoordinates, declaredCountry: row.declaredCountry });
+    region = decision;
+    if (decision.verdict === 'excluded') throw new RejectionError('excluded_territory', describeExclusion(decision));
+    if (decision.verdict === 'unknown' && options.unknownLocation === 'reject') {
+      throw new RejectionError('unknown_location', describeUnknown(decision));
     }
-    return { kind: 'ok', index: record.index, row, image, region };
+    return { kind: 'ok', index: record.index, row, image, region: decision };
   } catch (error) {
     if (error instanceof RejectionError) {
-      return { kind: 'rejected', index: record.index, url, reason: error.reason, detail: error.message, territory };
+      return { kind: 'rejected', index: record.index, url, reason: error.reason, detail: error.message, region };
     }
     context.logger.error({ err: error, run: context.runId, row: record.index, url }, 'unexpected error while processing a row');
-    return { kind: 'rejected', index: record.index, url, reason: 'internal_error', detail: (error as Error)?.message ?? String(error), territory };
+    return { kind: 'rejected', index: record.index, url, reason: 'internal_error', detail: (error as Error)?.message ?? String(error), region };
   }
 }
 
@@ -198,11 +200,24 @@ export async function processPart(records: AsyncIterable<SourceRecord>, context:
     if (!status.stream.write(`${JSON.stringify(line)}\n`)) return new Promise((resolve) => status.stream.once('drain', resolve));
   }
 
-  async function reject(index: number, url: string | null, reason: Reason, detail: string, territory: string | null, duplicateOf: string | null = null) {
+  async function reject(index: number, url: string | null, reason: Reason, detail: string, region: RegionDecision | null, duplicateOf: string | null = null) {
     counts.rejected += 1;
     reasons[reason] = (reasons[reason] ?? 0) + 1;
+    const territory = region?.territory ?? null;
     rejectionBatch.push({ rowIndex: index, url, reason, detail, territory, duplicateOf });
-    await writeStatus({ row: index, url, status: 'rejected', reason, detail, key: null, shard: null, territory, location_source: null, duplicate_of: duplicateOf });
+    await writeStatus({
+      row: index,
+      url,
+      status: 'rejected',
+      reason,
+      detail,
+      key: null,
+      shard: null,
+      territory,
+      location_source: region?.source ?? null,
+      location_evidence: region?.evidence ?? null,
+      duplicate_of: duplicateOf,
+    });
   }
 
   async function keep(outcome: Extract<RowOutcome, { kind: 'ok' }>): Promise<void> {
@@ -212,7 +227,7 @@ export async function processPart(records: AsyncIterable<SourceRecord>, context:
     if (duplicate) {
       const reason = duplicate.kind === 'exact' ? 'duplicate_exact' : 'duplicate_near';
       const detail = duplicate.kind === 'exact' ? `same pixels as ${duplicate.keptKey}` : `Hamming distance ${duplicate.distance} to ${duplicate.keptKey}`;
-      await reject(outcome.index, row.url, reason, detail, region.territory, duplicate.keptKey);
+      await reject(outcome.index, row.url, reason, detail, region, duplicate.keptKey);
       return;
     }
 
@@ -240,7 +255,19 @@ export async function processPart(records: AsyncIterable<SourceRecord>, context:
       sourceFormat: image.sourceFormat,
       caption: row.caption,
     });
-    await writeStatus({ row: outcome.index, url: row.url, status: 'ok', reason: null, detail: null, key, shard, territory: region.territory, location_source: region.source, duplicate_of: null });
+    await writeStatus({
+      row: outcome.index,
+      url: row.url,
+      status: 'ok',
+      reason: null,
+      detail: null,
+      key,
+      shard,
+      territory: region.territory,
+      location_source: region.source,
+      location_evidence: region.evidence,
+      duplicate_of: null,
+    });
   }
 
   try {
@@ -249,7 +276,7 @@ export async function processPart(records: AsyncIterable<SourceRecord>, context:
     for await (const outcome of outcomes) {
       counts.rows += 1;
       if (outcome.kind === 'ok') await keep(outcome);
-      else await reject(outcome.index, outcome.url, outcome.reason, outcome.detail, outcome.territory);
+      else await reject(outcome.index, outcome.url, outcome.reason, outcome.detail, outcome.region);
       if (sampleBatch.length + rejectionBatch.length >= CATALOG_BATCH) await flushCatalog();
       part.onProgress?.(counts);
       await part.onRow?.();

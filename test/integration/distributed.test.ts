@@ -13,6 +13,7 @@ import tar from 'tar-stream';
 import { openCatalogClient, type SqlClient } from '../../src/catalog/catalog.js';
 import { decodeImage } from '../../src/decode/image.js';
 import { hammingDistance } from '../../src/dedup/phash.js';
+import { formatRunStatus, readRunStatus } from '../../src/distributed/status.js';
 import { ingest } from '../../src/pipeline/ingest.js';
 import { createS3Client, s3SettingsFromEnv, S3Storage } from '../../src/storage/s3.js';
 import { corpus, corpusMissing, readStatus, repoRoot, silentLogger, temporaryFolder, testOptions } from '../support/helpers.js';
@@ -249,6 +250,13 @@ describe('distributed run', { skip: missing, timeout: 600_000 }, () => {
     assert.ok((distributedReasons.excluded_territory ?? 0) > 0, 'the input has excluded territories');
     assert.ok((distributedReasons.duplicate_exact ?? 0) > 0, 'the input has duplicates');
     assert.deepEqual(await shardKeys(scenario.storage), distributed.rows.map((row) => row.key));
+
+    const status = await readRunStatus(scenario.client, scenario.runId);
+    assert.deepEqual(status.units, { pending: 0, running: 0, done: 20 });
+    assert.deepEqual(status.rows, { total: 2000, done: 2000, ok: embedded.ok, rejected: embedded.rejected });
+    assert.deepEqual(status.reasons, embedded.reasons);
+    assert.deepEqual(status.stuck, []);
+    assert.match(formatRunStatus(status), /units: 20 done, 0 running, 0 pending/);
   });
 
   it('loses nothing when a worker is killed in the middle of a unit', async (t) => {

@@ -60,6 +60,10 @@ describe('ingest on the real corpus', { skip: corpusMissing }, () => {
       assert.equal(line.territory, row.expected, row.file);
       assert.equal(line.status, row.excluded ? 'rejected' : 'ok', row.file);
       if (row.excluded) assert.equal(line.reason, 'excluded_territory', row.file);
+      const evidence = line.location_evidence?.[0];
+      assert.equal(evidence?.source, 'exif_gps', row.file);
+      assert.ok(Math.abs(evidence.latitude! - row.latitude) < 1e-3, `${row.file} latitude ${evidence.latitude}`);
+      assert.ok(Math.abs(evidence.longitude! - row.longitude) < 1e-3, `${row.file} longitude ${evidence.longitude}`);
     });
     assert.equal(summary.reasons.excluded_territory, manifest.filter((row) => row.excluded).length);
   });

@@ -103,7 +103,7 @@ describe('command line', () => {
 
     const output: string[] = [];
     const write = process.stdout.write;
-    process.stdout.write = ((chunk: string) => output.push(String(chunk))) as typeof process.stdout.write;
+    process.stdout.write = ((chunk: string) => output.push(String(chunk)) > 0) as typeof process.stdout.write;
     try {
       await buildProgram().exitOverride().parseAsync(['node', 'geoshard', 'run', path.join(folder, 'pipeline.yaml'), '--policy', 'eu']);
     } finally {
