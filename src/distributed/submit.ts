@@ -1,8 +1,3 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { createWriteStream } from 'node:fs';
 import { openCatalogClient, type SqlClient } from '../catalog/catalog.js';
 import { CatalogStore } from '../catalog/store.js';
 import type { IngestOptions } from '../config/options.js';
@@ -32,21 +27,6 @@ export function resolveCatalogUrl(options: Pick<IngestOptions, 'catalog'>, env: 
 
 export function unitPath(unit: number): string {
   return `units/unit-${String(unit).padStart(6, '0')}.jsonl`;
-}
-
-/** Makes a source readable as a local file: s3:// objects are downloaded to a temporary folder first. */
-async function localSource(source: string): Promise<{ file: string; cleanup: () => Promise<void> }> {
-  if (!isS3Url(source)) return { file: source, cleanup: async () => undefined };
-  const slash = source.lastIndexOf('/');
-  const storage = openStorage(source.slice(0, slash + 1));
-  const folder = await mkdtemp(path.join(os.tmpdir(), 'geoshard-source-'));
-  const file = path.join(folder, source.slice(slash + 1));
-  try {
-    await pipeline(await storage.openReadStream(source.slice(slash + 1)), createWriteStream(file));
-  } finally {
-    await storage.close();
-  }
-  return { file, cleanup: () => rm(folder, { recursive: true, force: true }) };
 }
 
 async function* chunk(records: AsyncIterable<SourceRecord>, size: number): AsyncGenerator<SourceRecord[]> {
@@ -81,7 +61,6 @@ export async function submit(options: IngestOptions, { logger = defaultLogger }:
   const catalogUrl = resolveCatalogUrl(options);
   const policy = parsePolicy(options.policy);
   const runId = options.runId ?? newRunId();
-  const source = await localSource(options.source);
   const storage: Storage = openStorage(options.output);
   const client = await openCatalogClient(catalogUrl, undefined);
   const kafka = createKafka(brokers, `geoshard-submit-${runId}`, logger);
@@ -89,7 +68,7 @@ export async function submit(options: IngestOptions, { logger = defaultLogger }:
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
 
   try {
-    const format = options.inputFormat === 'auto' ? await detectFormat(source.file) : options.inputFormat;
+    const format = options.inputFormat === 'auto' ? await detectFormat(options.source) : options.inputFormat;
     if (format === 'folder' && !isS3Url(options.source)) {
       logger.warn({ source: options.source }, 'a local folder source works only when every worker sees the same path');
     }
@@ -105,7 +84,7 @@ export async function submit(options: IngestOptions, { logger = defaultLogger }:
 
     let units = 0;
     let rows = 0;
-    for await (const records of chunk(readSource(source.file, format), options.shardSize)) {
+    for await (const records of chunk(readSource(options.source, format), options.shardSize)) {
       const unit = units;
       const body = records.map((record) => JSON.stringify(record)).join('\n');
       await storage.writeObject(unitPath(unit), `${body}\n`);
@@ -122,6 +101,5 @@ export async function submit(options: IngestOptions, { logger = defaultLogger }:
     await admin.disconnect().catch(() => undefined);
     await client.close();
     await storage.close();
-    await source.cleanup();
   }
 }

@@ -113,7 +113,6 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
       dedup: new PostgresDeduplicator(client, message.run_id, options.dedup, options.nearRadius),
       fetcher,
       ...limits,
-      allowFileUrls: options.inputFormat === 'folder',
       logger: unitLogger,
     };
     const lines: StatusLine[] = [];

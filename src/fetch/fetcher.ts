@@ -1,10 +1,12 @@
 import { readFile, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { Agent, request, type Dispatcher } from 'undici';
 import type { IngestOptions } from '../config/options.js';
 import { RejectionError } from '../pipeline/reasons.js';
+import { createS3Client, s3SettingsFromEnv } from '../storage/s3.js';
 import { assertPublicLiteral, createGuardedLookup, PrivateAddressError, type LookupFunction } from './guard.js';
 
 export type FetchOptions = Pick<
@@ -115,6 +117,7 @@ export class Fetcher {
   readonly #dispatcher: Dispatcher;
   readonly #hostLimits = new Map<string, LimitFunction>();
   readonly #userAgentToken: string;
+  #s3: S3Client | undefined;
 
   constructor(options: FetchOptions, { lookup }: { lookup?: LookupFunction } = {}) {
     this.#options = options;
@@ -130,6 +133,7 @@ export class Fetcher {
 
   async close(): Promise<void> {
     await this.#dispatcher.close();
+    this.#s3?.destroy();
   }
 
   #hostLimit(host: string): LimitFunction {
@@ -141,7 +145,7 @@ export class Fetcher {
     return limit;
   }
 
-  /** Fetches a URL, or throws a RejectionError with the reason it failed. */
+  /** Fetches an http(s), file: or s3: URL, or throws a RejectionError with the reason it failed. */
   async fetch(url: string): Promise<FetchResult> {
     if (url.startsWith('file:')) return this.#readFile(url);
 
@@ -149,7 +153,7 @@ export class Fetcher {
     for (;;) {
       attempt += 1;
       try {
-        const result = await this.#fetchFollowingRedirects(url);
+        const result = url.startsWith('s3:') ? await this.#readS3(url) : await this.#fetchFollowingRedirects(url);
         return { ...result, attempts: attempt };
       } catch (error) {
         const rejection = classifyNetworkError(error);
@@ -168,6 +172,30 @@ export class Fetcher {
     if (retryAfterMs === null) return backoffMs;
     if (retryAfterMs > this.#options.maxRetryAfterMs) return null;
     return Math.max(retryAfterMs, backoffMs);
+  }
+
+  async #readS3(url: string): Promise<Omit<FetchResult, 'attempts'>> {
+    this.#s3 ??= createS3Client(s3SettingsFromEnv());
+    const { bucket, prefix: key } = parseS3Object(url);
+    try {
+      const response = await this.#s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), {
+        abortSignal: AbortSignal.timeout(this.#options.timeoutMs),
+      });
+      if ((response.ContentLength ?? 0) > this.#options.maxBytes) {
+        (response.Body as NodeJS.ReadableStream & { destroy?: () => void })?.destroy?.();
+        throw new RejectionError('too_large', `${response.ContentLength} bytes is over the limit of ${this.#options.maxBytes}`);
+      }
+      const body = Buffer.from(await response.Body!.transformToByteArray());
+      return { body, finalUrl: url, contentType: response.ContentType ?? null, redirects: 0 };
+    } catch (error) {
+      if (error instanceof RejectionError) throw error;
+      const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 404) throw new RejectionError('file_not_found', `no object ${key} in bucket ${bucket}`, { cause: error });
+      if (status !== undefined) {
+        throw new RejectionError(`http_${status}`, `S3 answered ${status} for ${url.slice(0, 200)}`, { retriable: RETRIABLE_STATUSES.has(status), cause: error });
+      }
+      throw classifyNetworkError(error);
+    }
   }
 
   async #readFile(url: string): Promise<FetchResult> {
@@ -263,6 +291,13 @@ export class Fetcher {
 function discard(body: Dispatcher.ResponseData['body']): void {
   body.on('error', () => undefined);
   body.destroy();
+}
+
+/** Splits s3://bucket/key into its bucket and object key. */
+function parseS3Object(url: string): { bucket: string; prefix: string } {
+  const match = /^s3:\/\/([^/]+)\/(.+)$/.exec(url);
+  if (!match) throw new RejectionError('invalid_url', `expected s3://bucket/key but received ${url.slice(0, 200)}`);
+  return { bucket: match[1]!, prefix: match[2]! };
 }
 
 function assertPublicIfGuarded(hostname: string, allowPrivateNetwork: boolean): void {

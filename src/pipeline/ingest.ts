@@ -88,7 +88,6 @@ export async function ingest(options: IngestOptions, hooks: IngestHooks = {}): P
     dedup: new MemoryDeduplicator(options.dedup, options.nearRadius),
     fetcher: new Fetcher(options, { lookup: hooks.lookup }),
     ...processLimits(options),
-    allowFileUrls: format === 'folder',
     logger,
   };
   const progress = createProgress(options.progress, logger);

@@ -43,7 +43,6 @@ export interface RunContext {
   fetchLimit: LimitFunction;
   /** Bounds decoded images in memory: a decoded photo can take hundreds of megabytes. */
   decodeLimit: LimitFunction;
-  allowFileUrls: boolean;
   logger: Logger;
 }
 
@@ -110,7 +109,7 @@ async function processRecord(record: SourceRecord, context: RunContext): Promise
 
   try {
     if (record.error !== undefined) throw new RejectionError('invalid_row', record.error);
-    const row = toInputRow(record.index, record.record, options, { allowFileUrls: context.allowFileUrls });
+    const row = toInputRow(record.index, record.record, options, { listed: record.listed === true });
 
     // Declared evidence alone can exclude a row, and then the image is never downloaded.
     const declared = decideRegion(policy, { declaredCoordinates: row.declaredCoordinates, declaredCountry: row.declaredCountry });

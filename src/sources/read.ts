@@ -1,6 +1,8 @@
-import { createReadStream } from 'node:fs';
-import { readdir, stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
@@ -8,11 +10,13 @@ import { createGunzip } from 'node:zlib';
 import { parse as parseCsv } from 'csv-parse';
 import { asyncBufferFromFile, parquetMetadataAsync, parquetReadObjects } from 'hyparquet';
 import type { InputFormat } from '../config/options.js';
+import { openStorage, parseS3Url } from '../storage/s3.js';
+import { isS3Url } from '../storage/storage.js';
 
 /** One record of a source, or the reason it could not be read. Index counts every record from 0. */
 export type SourceRecord =
-  | { index: number; record: Record<string, unknown>; error?: undefined }
-  | { index: number; record?: undefined; error: string; raw?: string };
+  | { index: number; record: Record<string, unknown>; error?: undefined; listed?: true }
+  | { index: number; record?: undefined; error: string; raw?: string; listed?: undefined };
 
 export const IMAGE_EXTENSIONS = new Set([
   '.jpg', '.jpeg', '.jpe', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif', '.heic', '.heif', '.bmp',
@@ -20,13 +24,17 @@ export const IMAGE_EXTENSIONS = new Set([
 
 const PARQUET_ROWS_PER_READ = 10_000;
 
-/** Decides the format of a source from whether it is a folder and from its extension. */
+/** Decides the format of a source from whether it is a folder (or an S3 prefix ending in /) and from its extension. */
 export async function detectFormat(source: string): Promise<Exclude<InputFormat, 'auto'>> {
+  if (isS3Url(source)) return source.endsWith('/') || parseS3Url(source).prefix === '' ? 'folder' : formatFromName(source);
   const info = await stat(source).catch((error: NodeJS.ErrnoException) => {
     throw new Error(`Source ${source} cannot be read: ${error.code === 'ENOENT' ? 'no such file or folder' : error.message}`);
   });
   if (info.isDirectory()) return 'folder';
+  return formatFromName(source);
+}
 
+function formatFromName(source: string): Exclude<InputFormat, 'auto' | 'folder'> {
   const name = source.toLowerCase().replace(/\.gz$/, '');
   if (name.endsWith('.csv')) return 'csv';
   if (name.endsWith('.tsv')) return 'tsv';
@@ -146,17 +154,72 @@ async function listImages(folder: string): Promise<string[]> {
     .sort();
 }
 
-/** Lists the images of a folder, recursively and in sorted order, as file: URLs. */
+/**
+ * Lists the images of a folder, recursively and in sorted order, as file: URLs. The
+ * records are marked as listed, which is what allows their file: scheme later.
+ */
 async function* readFolder(folder: string): AsyncGenerator<SourceRecord> {
   let index = 0;
   for (const file of await listImages(path.resolve(folder))) {
-    yield { index: index++, record: { url: pathToFileURL(file).href } };
+    yield { index: index++, record: { url: pathToFileURL(file).href }, listed: true };
   }
 }
 
-/** Streams the records of a source in its own order. */
+/** Lists the images under an S3 prefix in key order, as s3:// URLs. */
+async function* readS3Prefix(source: string): AsyncGenerator<SourceRecord> {
+  const { bucket } = parseS3Url(source);
+  const storage = openStorage(source);
+  let objects;
+  try {
+    objects = await storage.list();
+  } finally {
+    await storage.close();
+  }
+  const base = parseS3Url(source).prefix;
+  let index = 0;
+  for (const object of objects) {
+    if (!IMAGE_EXTENSIONS.has(path.extname(object.path).toLowerCase())) continue;
+    yield { index: index++, record: { url: `s3://${bucket}/${base}${object.path}` }, listed: true };
+  }
+}
+
+/** Makes a list file readable as a local file: an s3:// object is downloaded to a temporary folder first. */
+export async function localCopy(source: string): Promise<{ file: string; cleanup: () => Promise<void> }> {
+  if (!isS3Url(source)) return { file: source, cleanup: async () => undefined };
+  const slash = source.lastIndexOf('/');
+  const storage = openStorage(source.slice(0, slash + 1));
+  const folder = await mkdtemp(path.join(os.tmpdir(), 'geoshard-source-'));
+  const file = path.join(folder, source.slice(slash + 1));
+  try {
+    await pipeline(await storage.openReadStream(source.slice(slash + 1)), createWriteStream(file));
+  } catch (error) {
+    await rm(folder, { recursive: true, force: true });
+    throw new Error(`Cannot read source ${source}: ${(error as Error).message}`, { cause: error });
+  } finally {
+    await storage.close();
+  }
+  return { file, cleanup: () => rm(folder, { recursive: true, force: true }) };
+}
+
+/**
+ * Streams the records of a source in its own order. The source is a local path or an
+ * s3:// URL: a prefix of images, or a list file, which is downloaded first.
+ */
 export async function* readSource(source: string, format: InputFormat): AsyncGenerator<SourceRecord> {
   const resolved = format === 'auto' ? await detectFormat(source) : format;
+  if (isS3Url(source) && resolved === 'folder') {
+    yield* readS3Prefix(source);
+    return;
+  }
+  const copy = await localCopy(source);
+  try {
+    yield* readLocal(copy.file, resolved);
+  } finally {
+    await copy.cleanup();
+  }
+}
+
+async function* readLocal(source: string, resolved: Exclude<InputFormat, 'auto'>): AsyncGenerator<SourceRecord> {
   switch (resolved) {
     case 'txt':
       yield* readTxt(source);

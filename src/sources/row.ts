@@ -32,14 +32,15 @@ function parseDegrees(value: unknown, column: string): number | null {
 
 /**
  * Maps a source record to an input row. Throws a RejectionError with the reason when the
- * url is missing or invalid, or when a declared location cannot be read. `file:` URLs are
- * accepted only from folder sources, which list them themselves.
+ * url is missing or invalid, or when a declared location cannot be read. `file:` and
+ * `s3:` URLs are accepted only from records that geoshard listed itself from a folder or
+ * an S3 prefix, never from a URL list.
  */
 export function toInputRow(
   index: number,
   record: Record<string, unknown>,
   columns: ColumnOptions,
-  { allowFileUrls = false }: { allowFileUrls?: boolean } = {},
+  { listed = false }: { listed?: boolean } = {},
 ): InputRow {
   const rawUrl = record[columns.urlColumn];
   if (isBlank(rawUrl)) throw new RejectionError('invalid_row', `missing value in url column "${columns.urlColumn}"`);
@@ -51,7 +52,7 @@ export function toInputRow(
   } catch {
     throw new RejectionError('invalid_url', `not an absolute URL: ${url.slice(0, 200)}`);
   }
-  const schemeAllowed = parsed.protocol === 'http:' || parsed.protocol === 'https:' || (allowFileUrls && parsed.protocol === 'file:');
+  const schemeAllowed = parsed.protocol === 'http:' || parsed.protocol === 'https:' || (listed && (parsed.protocol === 'file:' || parsed.protocol === 's3:'));
   if (!schemeAllowed) throw new RejectionError('unsupported_scheme', `scheme ${parsed.protocol} is not fetched; use http or https`);
 
   const latitude = parseDegrees(record[columns.latitudeColumn], columns.latitudeColumn);

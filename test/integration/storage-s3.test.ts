@@ -2,10 +2,14 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { runDemo } from '../../src/demo/demo.js';
+import { startImageServer } from '../../src/demo/server.js';
+import { ingest } from '../../src/pipeline/ingest.js';
 import { createS3Client, s3SettingsFromEnv, S3Storage } from '../../src/storage/s3.js';
 import { LocalStorage, type Storage } from '../../src/storage/storage.js';
-import { temporaryFolder } from '../support/helpers.js';
+import { demoImages, readStatus, silentLogger, temporaryFolder, testOptions } from '../support/helpers.js';
 
 const endpoint = process.env.GEOSHARD_TEST_S3_ENDPOINT;
 const databaseUrl = process.env.GEOSHARD_TEST_DATABASE_URL;
@@ -92,6 +96,41 @@ describe('S3Storage', { skip: s3Missing }, () => {
     assert.equal(status.length, summary.input_rows);
     const runJson = JSON.parse((await storage.readObject('run.json')).toString());
     assert.equal(runJson.ok, 6);
+  });
+});
+
+describe('S3 sources', { skip: s3Missing }, () => {
+  it('ingests the images under a prefix and a URL list stored in the bucket', async (t) => {
+    const { url, storage } = await newBucket();
+    t.after(() => storage.close());
+    const previous = process.env.GEOSHARD_S3_ENDPOINT;
+    process.env.GEOSHARD_S3_ENDPOINT = endpoint;
+    t.after(() => {
+      if (previous === undefined) delete process.env.GEOSHARD_S3_ENDPOINT;
+      else process.env.GEOSHARD_S3_ENDPOINT = previous;
+    });
+    const names = (await readdir(demoImages)).sort();
+    for (const name of names) await storage.writeObject(`images/${name}`, await readFile(path.join(demoImages, name)));
+    await storage.writeObject('images/notes.txt', 'not an image');
+
+    const folder = await temporaryFolder(t);
+    const fromPrefix = await ingest(testOptions({ source: `${url}/images/`, output: path.join(folder, 'prefix'), unknown_location: 'keep', dedup: 'none' }), {
+      logger: silentLogger,
+    });
+    const lines = await readStatus(fromPrefix.output);
+    assert.deepEqual(lines.map((line) => line.url), names.map((name) => `${url}/images/${name}`));
+    assert.deepEqual(fromPrefix.reasons, { excluded_territory: 4, decode_error: 1 });
+
+    const server = await startImageServer(demoImages);
+    t.after(() => server.close());
+    await storage.writeObject('lists/urls.csv', `url,country\n${server.baseUrl}images/tokyo.jpg,JP\n${server.baseUrl}images/missing.jpg,JP\n`);
+    const fromList = await ingest(testOptions({ source: `${url}/lists/urls.csv`, output: path.join(folder, 'list') }), { logger: silentLogger });
+    assert.deepEqual([fromList.ok, fromList.reasons], [1, { http_404: 1 }]);
+
+    const missing = await ingest(testOptions({ source: `${url}/images/absent.jpg`, output: path.join(folder, 'missing'), unknown_location: 'keep', input_format: 'folder' }), {
+      logger: silentLogger,
+    });
+    assert.equal(missing.input_rows, 0);
   });
 });
 
