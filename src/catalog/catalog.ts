@@ -37,30 +37,38 @@ function openPglite(dataDir: string | undefined): SqlClient {
   };
 }
 
+function ignoreError(): void {}
+
 function openPostgres(url: string): SqlClient {
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   // An idle client that loses its server emits an error on the pool; without a listener it would end the process.
-  pool.on('error', () => undefined);
+  pool.on('error', ignoreError);
   return {
     kind: 'postgres',
     query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await pool.query(sql, params)).rows as Row[] }),
     transaction: async <T>(work: (tx: Pick<SqlClient, 'query'>) => Promise<T>) => {
       const client = await pool.connect();
+      // A checked-out client whose server goes away emits an error event besides failing its
+      // query; without a listener that event would end the process.
+      client.on('error', ignoreError);
       try {
         await client.query('begin');
         const result = await work({ query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await client.query(sql, params)).rows as Row[] }) });
         await client.query('commit');
+        client.off('error', ignoreError);
         client.release();
         return result;
       } catch (error) {
         await client.query('rollback').catch(() => undefined);
         // A connection that failed mid-transaction may be broken: drop it instead of pooling it.
+        client.off('error', ignoreError);
         client.release(true);
         throw error;
       }
     },
     migrate: async (apply) => {
       const client = await pool.connect();
+      client.on('error', ignoreError);
       try {
         // Whoever starts first applies the migrations; the others wait here, then find them applied.
         await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
@@ -72,6 +80,7 @@ function openPostgres(url: string): SqlClient {
         throw error;
       } finally {
         await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
+        client.off('error', ignoreError);
         client.release();
       }
     },

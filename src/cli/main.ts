@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { loadPipelineFile, pipelineSchema, resolveOptions, snakeToKebab } from '../config/options.js';
+import { loadPipelineFile, pipelineSchema, resolveOptions, snakeToKebab, type IngestOptions } from '../config/options.js';
 import { openCatalogClient } from '../catalog/catalog.js';
 import { runDemo } from '../demo/demo.js';
 import { formatRunStatus, readRunStatus } from '../distributed/status.js';
@@ -10,6 +10,29 @@ import { log } from '../log.js';
 import { registerTrainCommand } from '../train/command.js';
 import { ingest, type RunSummary } from '../pipeline/ingest.js';
 import { REASONS } from '../pipeline/reasons.js';
+
+/**
+ * Runs an ingestion that a first Ctrl-C (or SIGTERM) stops cleanly: rows in flight are
+ * finished and the shards, status and run.json written. A second one exits at once.
+ */
+async function ingestUntilInterrupted(options: IngestOptions): Promise<void> {
+  const controller = new AbortController();
+  const interrupt = () => {
+    if (controller.signal.aborted) process.exit(130);
+    process.stderr.write('\nstopping: finishing the rows in flight (press Ctrl-C again to quit at once)\n');
+    controller.abort();
+  };
+  process.on('SIGINT', interrupt);
+  process.on('SIGTERM', interrupt);
+  try {
+    const summary = await ingest(options, { signal: controller.signal });
+    printSummary(summary);
+    if (summary.interrupted) process.exitCode = 130;
+  } finally {
+    process.off('SIGINT', interrupt);
+    process.off('SIGTERM', interrupt);
+  }
+}
 
 /** Options given on the command line take the schema's names; only those given are returned. */
 function collectSchemaOptions(values: Record<string, unknown>): Record<string, unknown> {
@@ -53,6 +76,8 @@ export function printSummary(summary: RunSummary, write: (text: string) => void 
   const lines = [
     `run ${summary.run_id}: ${summary.input_rows} input rows, ${summary.ok} kept, ${summary.rejected} rejected in ${summary.duration_s.toFixed(1)} s`,
   ];
+  if (summary.interrupted) lines.push('interrupted: the rows above are complete; the rest of the source was not read');
+  if (summary.input_rows === 0 && !summary.interrupted) lines.push('warning: the source has no rows');
   const reasons = Object.entries(summary.reasons).sort((a, b) => b[1] - a[1]);
   for (const [reason, count] of reasons) lines.push(`  ${reason.padEnd(20)} ${count}`);
   lines.push(`shards: ${summary.shards.length} in ${summary.output}`);
@@ -66,18 +91,18 @@ export function buildProgram(): Command {
   const program = new Command('geoshard')
     .description('Turn public image URLs into region-filtered, deduplicated WebDataset shards')
     .version('0.1.0')
-    .showHelpAfterError();
+    .showHelpAfterError('(add --help for the list of options)');
 
   addSchemaOptions(
     program
       .command('ingest')
       .description('Ingest a URL list or a folder of images into WebDataset shards')
       .argument('<source>', 'URL list (txt, csv, tsv, jsonl, parquet, optionally .gz) or a folder of images')
-      .requiredOption('-o, --output <dir>', 'folder for shards, status files, run.json and the embedded catalog'),
+      .option('-o, --output <dir>', 'folder or s3:// prefix for shards, status files and run.json (required)'),
     ['source', 'output'],
   ).action(async (source: string, values: Record<string, unknown>) => {
-    const options = resolveOptions({ ...collectSchemaOptions(values), source, output: values.output }, 'command-line options');
-    printSummary(await ingest(options));
+    const options = resolveOptions({ ...collectSchemaOptions(values), source, output: values.output }, 'command-line options', 'flag');
+    await ingestUntilInterrupted(options);
   });
 
   addSchemaOptions(
@@ -91,7 +116,7 @@ export function buildProgram(): Command {
     for (const key of ['source', 'output']) {
       if (typeof overrides[key] === 'string') overrides[key] = path.resolve(overrides[key] as string);
     }
-    printSummary(await ingest(await loadPipelineFile(file, overrides)));
+    await ingestUntilInterrupted(await loadPipelineFile(file, overrides));
   });
 
   addSchemaOptions(

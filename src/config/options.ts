@@ -48,6 +48,7 @@ export interface IngestOptions {
   dedup: 'exact_and_near' | 'exact' | 'none';
   nearRadius: number;
   allowPrivateNetwork: boolean;
+  overwrite: boolean;
   catalog?: string;
   kafkaBrokers?: string;
   unitsTopic: string;
@@ -101,21 +102,44 @@ function editDistance(a: string, b: string): number {
   return previous[b.length]!;
 }
 
-function describeError(error: ErrorObject, data: Record<string, unknown>): string {
-  const field = error.instancePath.replace(/^\//, '').replace(/\//g, '.') || '(root)';
-  const received = error.instancePath ? JSON.stringify(data[error.instancePath.slice(1).split('/')[0]!]) : undefined;
+/** How a field is named in messages: its pipeline-file name, or its flag on the command line. */
+type FieldStyle = 'field' | 'flag';
+
+function fieldName(name: string, style: FieldStyle): string {
+  return style === 'flag' ? `--${snakeToKebab(name)}` : name;
+}
+
+function describeError(error: ErrorObject, data: Record<string, unknown>, style: FieldStyle): string {
+  const name = error.instancePath.replace(/^\//, '').split('/')[0] ?? '';
+  const field = name ? fieldName(name, style) : '(root)';
+  const received = name ? JSON.stringify(data[name]) : undefined;
+  const { params } = error;
 
   switch (error.keyword) {
     case 'additionalProperties': {
-      const unknown = String(error.params.additionalProperty);
+      const unknown = String(params.additionalProperty);
       const names = Object.keys(pipelineSchema.properties);
       const closest = names.sort((a, b) => editDistance(unknown, a) - editDistance(unknown, b))[0];
       return `unknown field "${unknown}": remove it${closest ? ` or use "${closest}"` : ''}`;
     }
-    case 'required':
-      return `missing field "${String(error.params.missingProperty)}": add it (${pipelineSchema.properties[String(error.params.missingProperty)]?.description ?? ''})`;
+    case 'required': {
+      const missing = String(params.missingProperty);
+      return `missing ${fieldName(missing, style)}: add it (${pipelineSchema.properties[missing]?.description ?? ''})`;
+    }
     case 'enum':
-      return `${field}: expected one of ${(error.params.allowedValues as string[]).join(', ')} but received ${received}`;
+      return `${field}: expected one of ${(params.allowedValues as string[]).join(', ')} but received ${received}`;
+    case 'minimum':
+      return `${field}: expected a value of at least ${params.limit} but received ${received}`;
+    case 'maximum':
+      return `${field}: expected a value of at most ${params.limit} but received ${received}`;
+    case 'exclusiveMinimum':
+      return `${field}: expected a value greater than ${params.limit} but received ${received}`;
+    case 'type':
+      return `${field}: expected ${params.type === 'integer' ? 'a whole number' : `a ${params.type}`} but received ${received}`;
+    case 'pattern':
+      return `${field}: expected letters, digits, - and _ only (pattern ${params.pattern}) but received ${received}`;
+    case 'minLength':
+      return `${field}: expected a non-empty value but received ${received}`;
     default:
       return `${field}: ${error.message ?? 'is invalid'} but received ${received}`;
   }
@@ -123,20 +147,23 @@ function describeError(error: ErrorObject, data: Record<string, unknown>): strin
 
 /**
  * Validates raw pipeline options (snake_case keys), fills defaults, and returns the typed
- * options. Throws one error listing every invalid field, each with the fix.
+ * options. Throws one error listing every invalid field, each with the fix; `style` names
+ * fields as in a pipeline file or as command-line flags.
  */
-export function resolveOptions(raw: Record<string, unknown>, origin = 'options'): IngestOptions {
+export function resolveOptions(raw: Record<string, unknown>, origin = 'options', style: FieldStyle = 'field'): IngestOptions {
   const data = structuredClone(raw);
+  const messages: string[] = [];
   if (!validatePipeline(data)) {
-    const messages = (validatePipeline.errors ?? []).map((error) => `  - ${describeError(error, data)}`);
-    throw new Error(`Invalid ${origin}:\n${messages.join('\n')}`);
+    messages.push(...(validatePipeline.errors ?? []).map((error) => describeError(error, data, style)));
   }
-
-  try {
-    parsePolicy(String(data.policy));
-  } catch (error) {
-    throw new Error(`Invalid ${origin}:\n  - policy: ${(error as Error).message}`);
+  if (typeof data.policy === 'string') {
+    try {
+      parsePolicy(data.policy);
+    } catch (error) {
+      messages.push(`${fieldName('policy', style)}: ${(error as Error).message}`);
+    }
   }
+  if (messages.length > 0) throw new Error(`Invalid ${origin}:\n${messages.map((message) => `  - ${message}`).join('\n')}`);
 
   const options: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(data)) options[snakeToCamel(key)] = value;

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { resolveOptions } from '../config/options.js';
-import { ingest, type RunSummary } from '../pipeline/ingest.js';
+import { ingest, type IngestHooks, type RunSummary } from '../pipeline/ingest.js';
 import { startImageServer } from './server.js';
 
 export const DEMO_IMAGES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../demo/images');
@@ -40,7 +40,7 @@ function csvField(value: string): string {
  * Serves the bundled demo images on a loopback port, writes a CSV list of URLs with
  * declared locations, and ingests it into `output` with the default policy.
  */
-export async function runDemo(output: string, overrides: Record<string, unknown> = {}): Promise<RunSummary> {
+export async function runDemo(output: string, overrides: Record<string, unknown> = {}, hooks: IngestHooks = {}): Promise<RunSummary> {
   const server = await startImageServer(DEMO_IMAGES);
   const workFolder = await mkdtemp(path.join(os.tmpdir(), 'geoshard-demo-'));
   try {
@@ -57,11 +57,12 @@ export async function runDemo(output: string, overrides: Record<string, unknown>
       output,
       shard_size: 5,
       retries: 0,
+      overwrite: true,
       // The demo server listens on 127.0.0.1, which the address guard refuses by default.
       allow_private_network: true,
       ...overrides,
     });
-    return await ingest(options);
+    return await ingest(options, hooks);
   } finally {
     await server.close();
     await rm(workFolder, { recursive: true, force: true });

@@ -84,7 +84,7 @@ export async function submit(options: IngestOptions, { logger = defaultLogger }:
 
     let units = 0;
     let rows = 0;
-    for await (const records of chunk(readSource(options.source, format), options.shardSize)) {
+    for await (const records of chunk(readSource(options.source, format, { urlColumn: options.urlColumn }), options.shardSize)) {
       const unit = units;
       const body = records.map((record) => JSON.stringify(record)).join('\n');
       await storage.writeObject(unitPath(unit), `${body}\n`);

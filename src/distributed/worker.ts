@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import type { Producer } from 'kafkajs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Consumer, EachBatchPayload, Producer } from 'kafkajs';
 import { openCatalogClient, type SqlClient } from '../catalog/catalog.js';
 import { CatalogStore } from '../catalog/store.js';
 import type { IngestOptions } from '../config/options.js';
@@ -19,7 +20,7 @@ import { resolveCatalogUrl } from './submit.js';
 const EVENT_BATCH = 500;
 
 export interface WorkerHandle {
-  /** Resolves when the worker has stopped. */
+  /** Resolves when the worker has stopped after `stop`. */
   done: Promise<void>;
   /** Stops after the unit in progress, which is finished and committed first. */
   stop(): Promise<void>;
@@ -76,17 +77,6 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
   const storage = openStorage(options.output);
   const kafka = createKafka(resolveBrokers(options), `geoshard-worker-${workerId}`, workerLogger);
   const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
-  const consumer = kafka.consumer({
-    groupId: options.consumerGroup,
-    // A unit takes seconds to minutes, but heartbeats come from inside the work. So these
-    // time-outs only decide how soon the units of a dead worker move to another one.
-    sessionTimeout: options.sessionTimeoutMs,
-    rebalanceTimeout: options.sessionTimeoutMs + 15_000,
-    heartbeatInterval: Math.max(1_000, Math.floor(options.sessionTimeoutMs / 10)),
-    // Unit messages are a few hundred bytes: small fetches keep a worker from hoarding units.
-    maxBytesPerPartition: 16 * 1024,
-    maxBytes: 64 * 1024,
-  });
   const fetcher = new Fetcher(options);
   const limits = processLimits(options);
   const policy = parsePolicy(options.policy);
@@ -135,57 +125,95 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
     unitLogger.info({ rows: result.rows, ok: result.ok, rejected: result.rejected, seconds: (Date.now() - started) / 1000 }, 'unit done');
   }
 
-  await producer.connect();
-  await consumer.connect();
-  await consumer.subscribe({ topic: options.unitsTopic, fromBeginning: true });
-  workerLogger.info({ topic: options.unitsTopic, group: options.consumerGroup }, 'worker started');
-
   let stopping = false;
-  const finished = new Promise<void>((resolve, reject) => {
-    consumer.on(consumer.events.CRASH, (event) => {
+  let consumer: Consumer | null = null;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((resolve) => {
+    resolveDone = resolve;
+  });
+
+  async function eachBatch({ batch, resolveOffset, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+    for (const kafkaMessage of batch.messages) {
+      if (stopping || !isRunning() || isStale()) break;
+      let unit: UnitMessage;
+      try {
+        unit = parseUnitMessage(kafkaMessage.value);
+      } catch (error) {
+        // A message that can never be processed is logged and skipped rather than retried forever.
+        workerLogger.error({ err: error, partition: batch.partition, offset: kafkaMessage.offset }, 'skipping an invalid unit message');
+        resolveOffset(kafkaMessage.offset);
+        continue;
+      }
+      await processUnit(unit, heartbeat);
+      resolveOffset(kafkaMessage.offset);
+      await consumer!.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(kafkaMessage.offset) + 1n).toString() }]);
+      await heartbeat();
+    }
+  }
+
+  /**
+   * Joins the group and consumes. kafkajs restarts a consumer after retriable failures but
+   * gives up after a non-retriable one, such as no group coordinator for a minute after a
+   * broker restart; then this starts a new consumer, so the worker outlives the outage.
+   */
+  async function startConsumer(attempt = 0): Promise<void> {
+    if (stopping) return;
+    const next = kafka.consumer({
+      groupId: options.consumerGroup,
+      // A unit takes seconds to minutes, but heartbeats come from inside the work. So these
+      // time-outs only decide how soon the units of a dead worker move to another one.
+      sessionTimeout: options.sessionTimeoutMs,
+      rebalanceTimeout: options.sessionTimeoutMs + 15_000,
+      heartbeatInterval: Math.max(1_000, Math.floor(options.sessionTimeoutMs / 10)),
+      // Unit messages are a few hundred bytes: small fetches keep a worker from hoarding units.
+      maxBytesPerPartition: 16 * 1024,
+      maxBytes: 64 * 1024,
+    });
+    consumer = next;
+    next.on(next.events.CRASH, (event) => {
       const { error, restart } = event.payload;
       workerLogger.error({ err: error, restart }, 'consumer crashed');
-      if (!restart) reject(error);
+      if (restart || stopping) return;
+      const delayMs = Math.min(30_000, 1_000 * 2 ** attempt);
+      workerLogger.warn({ delayMs }, 'starting a new consumer');
+      void next
+        .disconnect()
+        .catch(() => undefined)
+        .then(() => sleep(delayMs))
+        .then(() => startConsumer(attempt + 1))
+        .catch((startError: unknown) => workerLogger.error({ err: startError }, 'consumer failed to start'));
     });
-    consumer.on(consumer.events.STOP, () => resolve());
-  });
+    try {
+      await next.connect();
+      await next.subscribe({ topic: options.unitsTopic, fromBeginning: true });
+      await next.run({ autoCommit: false, eachBatchAutoResolve: false, partitionsConsumedConcurrently: 1, eachBatch });
+    } catch (error) {
+      if (stopping) return;
+      const delayMs = Math.min(30_000, 1_000 * 2 ** attempt);
+      workerLogger.error({ err: error, delayMs }, 'consumer failed to start, retrying');
+      await next.disconnect().catch(() => undefined);
+      await sleep(delayMs);
+      return startConsumer(attempt + 1);
+    }
+  }
 
-  await consumer.run({
-    autoCommit: false,
-    eachBatchAutoResolve: false,
-    partitionsConsumedConcurrently: 1,
-    eachBatch: async ({ batch, resolveOffset, heartbeat, isRunning, isStale }) => {
-      for (const kafkaMessage of batch.messages) {
-        if (stopping || !isRunning() || isStale()) break;
-        let unit: UnitMessage;
-        try {
-          unit = parseUnitMessage(kafkaMessage.value);
-        } catch (error) {
-          // A message that can never be processed is logged and skipped rather than retried forever.
-          workerLogger.error({ err: error, partition: batch.partition, offset: kafkaMessage.offset }, 'skipping an invalid unit message');
-          resolveOffset(kafkaMessage.offset);
-          continue;
-        }
-        await processUnit(unit, heartbeat);
-        resolveOffset(kafkaMessage.offset);
-        await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(kafkaMessage.offset) + 1n).toString() }]);
-        await heartbeat();
-      }
-    },
-  });
+  await producer.connect();
+  await startConsumer();
+  workerLogger.info({ topic: options.unitsTopic, group: options.consumerGroup }, 'worker started');
 
   async function stop(): Promise<void> {
-    if (stopping) return finished;
+    if (stopping) return done;
     stopping = true;
     workerLogger.info('worker stopping after the unit in progress');
     // disconnect() waits for the running batch handler, which stops after its current unit.
-    await consumer.disconnect();
+    await consumer?.disconnect();
     await producer.disconnect();
     await fetcher.close();
     await client.close();
     await storage.close();
     workerLogger.info('worker stopped');
+    resolveDone();
   }
 
-  return { done: finished, stop };
+  return { done, stop };
 }

@@ -68,7 +68,7 @@ export function parsePolicy(spec: string): RegionPolicy {
     return { name: trimmed, mode: 'exclude', codes: new Set(POLICY_PRESETS[trimmed]) };
   }
 
-  const match = /^(exclude|allow):(.+)$/.exec(trimmed);
+  const match = /^(exclude|allow):(.*)$/.exec(trimmed);
   if (!match) {
     throw new Error(
       `Invalid policy "${spec}": expected one of ${Object.keys(POLICY_PRESETS).join(', ')}, ` +
@@ -89,8 +89,8 @@ export function parsePolicy(spec: string): RegionPolicy {
     if (!code) throw new Error(`Invalid policy "${spec}": "${entry}" is not an ISO 3166-1 country or territory code`);
     codes.add(code);
   }
-  if (codes.size === 0 && mode === 'allow') {
-    throw new Error(`Invalid policy "${spec}": allow: needs at least one code, otherwise every image is excluded`);
+  if (codes.size === 0) {
+    throw new Error(`Invalid policy "${spec}": ${mode}: needs at least one ISO code or preset, such as ${mode}:FR,CH`);
   }
   return { name: trimmed, mode, codes };
 }

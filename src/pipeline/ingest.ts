@@ -13,7 +13,7 @@ import { parsePolicy } from '../geo/policy.js';
 import { log as defaultLogger, type Logger } from '../log.js';
 import { detectFormat, readSource } from '../sources/read.js';
 import { openStorage } from '../storage/s3.js';
-import { isS3Url } from '../storage/storage.js';
+import { isS3Url, type Storage } from '../storage/storage.js';
 import { writeWidsIndex } from '../webdataset/writer.js';
 import { processPart, type RunContext } from './part.js';
 import { createProgress } from './progress.js';
@@ -34,12 +34,44 @@ export interface RunSummary {
   reasons: Record<string, number>;
   shards: string[];
   catalog: string;
+  /** True when the run was stopped early: the rows read until then are complete and accounted for. */
+  interrupted: boolean;
 }
 
 export interface IngestHooks {
   logger?: Logger;
   /** Replaces DNS resolution; tests use it to map names to chosen addresses. */
   lookup?: LookupFunction;
+  /** Stops reading the source; rows already read are finished and written. */
+  signal?: AbortSignal;
+}
+
+async function* untilAborted<T>(source: AsyncIterable<T>, signal: AbortSignal | undefined): AsyncGenerator<T> {
+  for await (const item of source) {
+    if (signal?.aborted) return;
+    yield item;
+  }
+}
+
+/** Objects of an earlier run; the catalog folder is not among them, since runs accumulate there. */
+function isRunOutput(objectPath: string): boolean {
+  return objectPath.startsWith('status/') || objectPath === 'run.json' || /^[^/]+\.(tar|stats\.json|wids\.json)$/.test(objectPath);
+}
+
+/**
+ * Stops when the output already holds another run's shards, since a reader that takes
+ * every .tar of the folder would mix the two runs; with `overwrite`, deletes them first.
+ */
+async function clearEarlierRun(storage: Storage, overwrite: boolean, logger: Logger): Promise<void> {
+  const earlier = (await storage.list()).filter((object) => isRunOutput(object.path));
+  if (earlier.length === 0) return;
+  if (!overwrite) {
+    throw new Error(
+      `Output ${storage.root} already holds ${earlier.length} files of an earlier run (${earlier[0]!.path}...): choose another output or pass --overwrite to delete them`,
+    );
+  }
+  for (const object of earlier) await storage.remove(object.path);
+  logger.warn({ output: storage.root, removed: earlier.length }, 'deleted the files of an earlier run');
 }
 
 export function newRunId(): string {
@@ -73,6 +105,7 @@ export async function ingest(options: IngestOptions, hooks: IngestHooks = {}): P
   const format = options.inputFormat === 'auto' ? await detectFormat(options.source) : options.inputFormat;
 
   const storage = openStorage(output);
+  await clearEarlierRun(storage, options.overwrite, logger);
   const catalogDir = s3Output ? undefined : path.join(output, 'catalog');
   if (catalogDir && !options.catalog) await mkdir(output, { recursive: true });
   const catalog = new CatalogStore(await openCatalogClient(options.catalog, catalogDir));
@@ -94,7 +127,7 @@ export async function ingest(options: IngestOptions, hooks: IngestHooks = {}): P
 
   let result;
   try {
-    result = await processPart(readSource(options.source, format), context, {
+    result = await processPart(untilAborted(readSource(options.source, format, { urlColumn: options.urlColumn }), hooks.signal), context, {
       firstShard: 0,
       shardSize: options.shardSize,
       statusName: `${options.shardPrefix}-status-000000.jsonl`,
@@ -123,7 +156,9 @@ export async function ingest(options: IngestOptions, hooks: IngestHooks = {}): P
     reasons: result.reasons,
     shards: result.shards.map((shard) => shard.path),
     catalog: options.catalog ? 'postgres' : catalogDir!,
+    interrupted: hooks.signal?.aborted === true,
   };
+  if (result.rows === 0 && !summary.interrupted) logger.warn({ source: options.source }, 'the source has no rows');
   await storage.writeObject('run.json', `${JSON.stringify(summary, null, 2)}\n`);
   await storage.close();
   logger.info({ run: runId, rows: result.rows, ok: result.ok, rejected: result.rejected, reasons: result.reasons, shards: result.shards.length }, 'ingest finished');

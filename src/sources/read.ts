@@ -48,7 +48,17 @@ function formatFromName(source: string): Exclude<InputFormat, 'auto' | 'folder'>
 
 function openText(file: string): Readable {
   const stream = createReadStream(file);
-  return file.toLowerCase().endsWith('.gz') ? stream.pipe(createGunzip()) : stream;
+  if (!file.toLowerCase().endsWith('.gz')) return stream;
+  const gunzip = createGunzip();
+  // pipe() does not forward errors: a read error must still end the gunzip stream.
+  stream.on('error', (error) => gunzip.destroy(error));
+  return stream.pipe(gunzip);
+}
+
+const BYTE_ORDER_MARK = '\uFEFF';
+
+function stripByteOrderMark(line: string, lineNumber: number): string {
+  return lineNumber === 1 && line.startsWith(BYTE_ORDER_MARK) ? line.slice(1) : line;
 }
 
 async function* readLines(file: string): AsyncGenerator<string> {
@@ -60,28 +70,33 @@ async function* readLines(file: string): AsyncGenerator<string> {
  * Reads one URL per line. Lines are not parsed as CSV, so URLs containing commas or quotes
  * stay whole. Blank lines are not records.
  */
-async function* readTxt(file: string): AsyncGenerator<SourceRecord> {
+async function* readTxt(file: string, urlColumn: string): AsyncGenerator<SourceRecord> {
   let index = 0;
+  let lineNumber = 0;
   for await (const line of readLines(file)) {
-    const url = line.trim();
+    lineNumber += 1;
+    const url = stripByteOrderMark(line, lineNumber).trim();
     if (url === '') continue;
-    yield { index: index++, record: { url } };
+    yield { index: index++, record: { [urlColumn]: url } };
   }
 }
 
 async function* readJsonl(file: string): AsyncGenerator<SourceRecord> {
   let index = 0;
-  for await (const line of readLines(file)) {
+  let lineNumber = 0;
+  for await (const rawLine of readLines(file)) {
+    lineNumber += 1;
+    const line = stripByteOrderMark(rawLine, lineNumber);
     if (line.trim() === '') continue;
     let value: unknown;
     try {
       value = JSON.parse(line);
     } catch (error) {
-      yield { index: index++, error: `invalid JSON: ${(error as Error).message}`, raw: line.slice(0, 500) };
+      yield { index: index++, error: `line ${lineNumber}: invalid JSON: ${(error as Error).message}`, raw: line.slice(0, 500) };
       continue;
     }
     if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-      yield { index: index++, error: 'expected a JSON object per line', raw: line.slice(0, 500) };
+      yield { index: index++, error: `line ${lineNumber}: expected a JSON object`, raw: line.slice(0, 500) };
       continue;
     }
     yield { index: index++, record: value as Record<string, unknown> };
@@ -89,36 +104,56 @@ async function* readJsonl(file: string): AsyncGenerator<SourceRecord> {
 }
 
 /**
- * Reads CSV or TSV with a header line. A record with the wrong number of fields becomes an
- * error record in its place, and reading goes on. An unclosed quote runs to the end of
- * the file, as CSV quoting allows line breaks, and becomes one error record.
+ * Reads CSV or TSV with a header line, which must name the url column. A record with the
+ * wrong number of fields becomes an error record in its place, and reading goes on. So
+ * does a record spanning several lines: CSV quoting allows line breaks, but in a URL list
+ * they nearly always come from an unclosed quote that swallowed the following lines.
  */
-async function* readDelimited(file: string, delimiter: ',' | '\t'): AsyncGenerator<SourceRecord> {
+async function* readDelimited(file: string, delimiter: ',' | '\t', urlColumn: string): AsyncGenerator<SourceRecord> {
   // The parser reports a skipped record with the count of good records before it; that count places it in order.
   const skipped: { goodBefore: number; error: string }[] = [];
   const parser = openText(file).pipe(
     parseCsv({
-      columns: true,
+      columns: (header: string[]) => {
+        if (!header.includes(urlColumn)) {
+          throw new Error(`Source ${file} has no "${urlColumn}" column; its header has ${header.map((name) => `"${name}"`).join(', ')}: pass --url-column`);
+        }
+        return header;
+      },
       delimiter,
       // TSV has no quoting convention, so quotes inside captions stay as they are.
       quote: delimiter === '\t' ? false : '"',
       relax_quotes: true,
       bom: true,
+      info: true,
+      raw: true,
       skip_empty_lines: true,
       skip_records_with_error: true,
       on_skip: (error) => {
-        const where = error?.lines ? `line ${error.lines}: ` : '';
-        skipped.push({ goodBefore: Number(error?.records ?? 0), error: `${where}${error?.message ?? 'malformed record'}` });
+        const message = error?.message ?? 'malformed record';
+        const where = error?.lines && !/line \d+/.test(message) ? `line ${error.lines}: ` : '';
+        skipped.push({ goodBefore: Number(error?.records ?? 0), error: `${where}${message}` });
       },
     }),
   );
 
   let index = 0;
   let good = 0;
-  for await (const record of parser as AsyncIterable<Record<string, string>>) {
+  for await (const { record, info, raw } of parser as AsyncIterable<{ record: Record<string, string>; info: { lines: number }; raw: string }>) {
     while (skipped.length > 0 && skipped[0]!.goodBefore <= good) yield { index: index++, error: skipped.shift()!.error };
-    yield { index: index++, record };
     good += 1;
+    // Blank lines skipped before the record are part of its raw text, but not of the record.
+    const spanned = raw.replace(/^(?:\r?\n)+/, '').replace(/\r?\n$/, '').split('\n').length;
+    if (spanned > 1) {
+      const first = info.lines - spanned + 1;
+      yield {
+        index: index++,
+        error: `lines ${first}-${info.lines}: one record spans ${spanned} lines, which usually means an unclosed quote`,
+        raw: raw.slice(0, 500),
+      };
+      continue;
+    }
+    yield { index: index++, record };
   }
   for (const item of skipped) yield { index: index++, error: item.error };
 }
@@ -130,9 +165,13 @@ function toJsonValue(value: unknown): unknown {
   return value;
 }
 
-async function* readParquet(file: string): AsyncGenerator<SourceRecord> {
+async function* readParquet(file: string, urlColumn: string): AsyncGenerator<SourceRecord> {
   const buffer = await asyncBufferFromFile(file);
   const metadata = await parquetMetadataAsync(buffer);
+  const columns = metadata.schema.slice(1).map((element) => element.name);
+  if (!columns.includes(urlColumn)) {
+    throw new Error(`Source ${file} has no "${urlColumn}" column; its columns are ${columns.map((name) => `"${name}"`).join(', ')}: pass --url-column`);
+  }
   const rowCount = Number(metadata.num_rows);
   let index = 0;
 
@@ -158,15 +197,15 @@ async function listImages(folder: string): Promise<string[]> {
  * Lists the images of a folder, recursively and in sorted order, as file: URLs. The
  * records are marked as listed, which is what allows their file: scheme later.
  */
-async function* readFolder(folder: string): AsyncGenerator<SourceRecord> {
+async function* readFolder(folder: string, urlColumn: string): AsyncGenerator<SourceRecord> {
   let index = 0;
   for (const file of await listImages(path.resolve(folder))) {
-    yield { index: index++, record: { url: pathToFileURL(file).href }, listed: true };
+    yield { index: index++, record: { [urlColumn]: pathToFileURL(file).href }, listed: true };
   }
 }
 
 /** Lists the images under an S3 prefix in key order, as s3:// URLs. */
-async function* readS3Prefix(source: string): AsyncGenerator<SourceRecord> {
+async function* readS3Prefix(source: string, urlColumn: string): AsyncGenerator<SourceRecord> {
   const { bucket } = parseS3Url(source);
   const storage = openStorage(source);
   let objects;
@@ -179,7 +218,7 @@ async function* readS3Prefix(source: string): AsyncGenerator<SourceRecord> {
   let index = 0;
   for (const object of objects) {
     if (!IMAGE_EXTENSIONS.has(path.extname(object.path).toLowerCase())) continue;
-    yield { index: index++, record: { url: `s3://${bucket}/${base}${object.path}` }, listed: true };
+    yield { index: index++, record: { [urlColumn]: `s3://${bucket}/${base}${object.path}` }, listed: true };
   }
 }
 
@@ -203,41 +242,47 @@ export async function localCopy(source: string): Promise<{ file: string; cleanup
 
 /**
  * Streams the records of a source in its own order. The source is a local path or an
- * s3:// URL: a prefix of images, or a list file, which is downloaded first.
+ * s3:// URL: a prefix of images, or a list file, which is downloaded first. Readers of
+ * one URL per line and of image listings put the URL under `urlColumn`.
  */
-export async function* readSource(source: string, format: InputFormat): AsyncGenerator<SourceRecord> {
+export async function* readSource(source: string, format: InputFormat, { urlColumn = 'url' }: { urlColumn?: string } = {}): AsyncGenerator<SourceRecord> {
   const resolved = format === 'auto' ? await detectFormat(source) : format;
   if (isS3Url(source) && resolved === 'folder') {
-    yield* readS3Prefix(source);
+    yield* readS3Prefix(source, urlColumn);
     return;
+  }
+  if (!isS3Url(source)) {
+    await stat(source).catch((error: NodeJS.ErrnoException) => {
+      throw new Error(`Source ${source} cannot be read: ${error.code === 'ENOENT' ? 'no such file or folder' : error.message}`);
+    });
   }
   const copy = await localCopy(source);
   try {
-    yield* readLocal(copy.file, resolved);
+    yield* readLocal(copy.file, resolved, urlColumn);
   } finally {
     await copy.cleanup();
   }
 }
 
-async function* readLocal(source: string, resolved: Exclude<InputFormat, 'auto'>): AsyncGenerator<SourceRecord> {
+async function* readLocal(source: string, resolved: Exclude<InputFormat, 'auto'>, urlColumn: string): AsyncGenerator<SourceRecord> {
   switch (resolved) {
     case 'txt':
-      yield* readTxt(source);
+      yield* readTxt(source, urlColumn);
       break;
     case 'csv':
-      yield* readDelimited(source, ',');
+      yield* readDelimited(source, ',', urlColumn);
       break;
     case 'tsv':
-      yield* readDelimited(source, '\t');
+      yield* readDelimited(source, '\t', urlColumn);
       break;
     case 'jsonl':
       yield* readJsonl(source);
       break;
     case 'parquet':
-      yield* readParquet(source);
+      yield* readParquet(source, urlColumn);
       break;
     case 'folder':
-      yield* readFolder(source);
+      yield* readFolder(source, urlColumn);
       break;
   }
 }

@@ -60,6 +60,9 @@ export function toInputRow(
   if ((latitude === null) !== (longitude === null)) {
     throw new RejectionError('invalid_location', `only one of ${columns.latitudeColumn} and ${columns.longitudeColumn} is set`);
   }
+  if (latitude !== null && longitude !== null && (Math.abs(latitude) > 90 || Math.abs(longitude) > 180)) {
+    throw new RejectionError('invalid_location', `declared coordinates ${latitude},${longitude} are out of range: latitude must be within ±90 and longitude within ±180`);
+  }
 
   let declaredCountry: string | null = null;
   const country = record[columns.countryColumn];

@@ -1,5 +1,6 @@
 import { PassThrough, Readable } from 'node:stream';
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
@@ -155,6 +156,10 @@ export class S3Storage implements Storage {
       if (status === 404) return false;
       throw error;
     }
+  }
+
+  async remove(relativePath: string): Promise<void> {
+    await this.#client.send(new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#key(relativePath) }));
   }
 
   async close(): Promise<void> {

@@ -34,6 +34,7 @@ export interface Storage {
   /** Lists objects under a relative prefix, sorted by path. */
   list(prefix?: string): Promise<StoredObject[]>;
   exists(relativePath: string): Promise<boolean>;
+  remove(relativePath: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -139,6 +140,10 @@ export class LocalStorage implements Storage {
       () => true,
       () => false,
     );
+  }
+
+  async remove(relativePath: string): Promise<void> {
+    await rm(this.#resolve(relativePath), { force: true });
   }
 
   async close(): Promise<void> {}

@@ -41,19 +41,31 @@ interface Corpus {
  * cut from the photos. Images are grouped by duplicate relation, so a test can keep every
  * duplicate of an image inside one unit, where input order decides which copy is kept.
  */
-async function loadCorpus(): Promise<Corpus> {
+let corpusPromise: Promise<Corpus> | undefined;
+
+/** Loads the corpus once per test file: cutting and hashing the tiles takes a while. */
+function loadCorpus(): Promise<Corpus> {
+  corpusPromise ??= buildCorpus();
+  return corpusPromise;
+}
+
+async function buildCorpus(): Promise<Corpus> {
   const images = new Map<string, Buffer>();
   for (const name of (await readdir(path.join(corpus, 'geo'))).filter((file) => file.endsWith('.jpg'))) {
     images.set(`geo-${name}`, await readFile(path.join(corpus, 'geo', name)));
   }
   for (const name of (await readdir(path.join(corpus, 'photos'))).sort()) {
-    const photo = sharp(path.join(corpus, 'photos', name)).rotate();
-    const { width = 0, height = 0 } = await photo.metadata();
+    // Decode each photo once, then cut the tiles from its pixels.
+    const { data, info } = await sharp(path.join(corpus, 'photos', name)).rotate().removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    const { width, height } = info;
     if (width < 400 || height < 400) continue;
     for (let i = 0; i < 12; i += 1) {
       const left = Math.floor(((i % 4) * (width - 192)) / 3);
       const top = Math.floor((Math.floor(i / 4) * (height - 192)) / 2);
-      const tile = await sharp(path.join(corpus, 'photos', name)).rotate().extract({ left, top, width: 192, height: 192 }).jpeg({ quality: 90 }).toBuffer();
+      const tile = await sharp(data, { raw: { width, height, channels: info.channels } })
+        .extract({ left, top, width: 192, height: 192 })
+        .jpeg({ quality: 90 })
+        .toBuffer();
       images.set(`tile-${path.parse(name).name}-${i}.jpg`, tile);
     }
   }
@@ -120,7 +132,7 @@ async function newBucket(): Promise<string> {
 function spawnGeoshard(args: string[], env: NodeJS.ProcessEnv): ChildProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'src/cli/entry.ts'), ...args], {
     cwd: repoRoot,
-    env: { ...process.env, GEOSHARD_LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, GEOSHARD_LOG_LEVEL: 'error', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   child.stderr?.on('data', (chunk: Buffer) => process.stderr.write(`[${args[0]} ${child.pid}] ${chunk}`));
@@ -217,7 +229,7 @@ async function stopWorkers(workers: ChildProcess[]): Promise<void> {
   for (const worker of workers) assert.equal(await exitOf(worker), 0, `worker ${worker.pid} did not stop cleanly`);
 }
 
-describe('distributed run', { skip: missing, timeout: 600_000 }, () => {
+describe('distributed run', { skip: missing, timeout: 1_200_000 }, () => {
   it('three workers keep the same samples as one embedded run', async (t) => {
     const { images, groups } = await loadCorpus();
     const rows = buildRows(groups, 20);

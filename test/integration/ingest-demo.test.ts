@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import type { LookupAddress } from 'node:dns';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { buildProgram } from '../../src/cli/main.js';
@@ -10,11 +10,12 @@ import { startImageServer } from '../../src/demo/server.js';
 import { createGuardedLookup } from '../../src/fetch/guard.js';
 import { ingest } from '../../src/pipeline/ingest.js';
 import { demoImages, readStatus, silentLogger, temporaryFolder, testOptions } from '../support/helpers.js';
+import { serve } from '../support/server.js';
 
 describe('demo', () => {
   it('shows every kind of outcome and accounts for every row', async (t) => {
     const folder = await temporaryFolder(t);
-    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none' });
+    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none' }, { logger: silentLogger });
     assert.equal(summary.input_rows, 18);
     assert.equal(summary.ok, 6);
     assert.deepEqual(summary.reasons, {
@@ -66,7 +67,7 @@ describe('address guard in a run', () => {
 describe('catalog of a run', () => {
   it('holds the same samples and rejections as the status files', async (t) => {
     const folder = await temporaryFolder(t);
-    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none' });
+    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none' }, { logger: silentLogger });
     const client = await openCatalogClient(undefined, path.join(summary.output, 'catalog'));
     t.after(() => client.close());
     const lines = await readStatus(summary.output);
@@ -82,7 +83,7 @@ describe('catalog of a run', () => {
   const databaseUrl = process.env.GEOSHARD_TEST_DATABASE_URL;
   it('writes the same rows to PostgreSQL', { skip: databaseUrl ? false : 'GEOSHARD_TEST_DATABASE_URL not set: start infra/local/postgres.sh' }, async (t) => {
     const folder = await temporaryFolder(t);
-    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none', catalog: databaseUrl });
+    const summary = await runDemo(path.join(folder, 'out'), { progress: 'none', catalog: databaseUrl }, { logger: silentLogger });
     const client = await openCatalogClient(databaseUrl, undefined);
     t.after(() => client.close());
     const lines = await readStatus(summary.output);
@@ -118,5 +119,54 @@ describe('command line', () => {
       buildProgram().exitOverride().parseAsync(['node', 'geoshard', 'run', path.join(folder, 'bad.yaml')]),
       /resize_mode: expected one of no, keep_ratio, keep_ratio_largest, center_crop, border but received "stretch"/,
     );
+  });
+});
+
+describe('output folder of an earlier run', () => {
+  it('stops unless overwrite is given, then replaces the earlier shards', async (t) => {
+    const server = await startImageServer(demoImages);
+    t.after(() => server.close());
+    const folder = await temporaryFolder(t);
+    const output = path.join(folder, 'out');
+    const names = ['tokyo.jpg', 'nairobi.jpg', 'sao-paulo.jpg', 'new-york.jpg'];
+    await writeFile(path.join(folder, 'four.txt'), names.map((name) => `${server.baseUrl}images/${name}`).join('\n'));
+    await writeFile(path.join(folder, 'one.txt'), `${server.baseUrl}images/nuuk.jpg\n`);
+
+    await ingest(testOptions({ source: path.join(folder, 'four.txt'), output, shard_size: 1 }), { logger: silentLogger });
+    await assert.rejects(
+      ingest(testOptions({ source: path.join(folder, 'one.txt'), output }), { logger: silentLogger }),
+      /already holds \d+ files of an earlier run .*pass --overwrite/,
+    );
+    const second = await ingest(testOptions({ source: path.join(folder, 'one.txt'), output, overwrite: true }), { logger: silentLogger });
+    assert.deepEqual(second.shards, ['shard-000000.tar']);
+    const tars = (await readdir(output)).filter((name) => name.endsWith('.tar'));
+    assert.deepEqual(tars, ['shard-000000.tar']);
+    assert.equal((await readStatus(output)).length, 1);
+  });
+});
+
+describe('interrupted run', () => {
+  it('finishes the rows in flight and accounts for them', async (t) => {
+    const tokyo = await readFile(path.join(demoImages, 'tokyo.jpg'));
+    const controller = new AbortController();
+    // The stop arrives while the run is well under way: at the fifth request.
+    const server = await serve(t, (_request, response) => {
+      if (server.requests.length === 5) controller.abort();
+      response.writeHead(200, { 'content-type': 'image/jpeg' });
+      response.end(tokyo);
+    });
+    const folder = await temporaryFolder(t);
+    const list = path.join(folder, 'list.txt');
+    await writeFile(list, Array.from({ length: 400 }, (_, i) => server.url(`/tokyo.jpg?copy=${i}`)).join('\n'));
+
+    const options = testOptions({ source: list, output: path.join(folder, 'out'), concurrency: 2, shard_size: 10, dedup: 'none', unknown_location: 'keep' });
+    const summary = await ingest(options, { logger: silentLogger, signal: controller.signal });
+
+    assert.equal(summary.interrupted, true);
+    assert.ok(summary.input_rows >= 5 && summary.input_rows < 400, `read ${summary.input_rows} rows`);
+    assert.equal(summary.ok, summary.input_rows);
+    assert.equal((await readStatus(summary.output)).length, summary.input_rows);
+    const runJson = JSON.parse(await readFile(path.join(summary.output, 'run.json'), 'utf8'));
+    assert.equal(runJson.interrupted, true);
   });
 });

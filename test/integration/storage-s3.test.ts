@@ -81,7 +81,7 @@ describe('S3Storage', { skip: s3Missing }, () => {
       else process.env.GEOSHARD_S3_ENDPOINT = previous;
     });
 
-    const summary = await runDemo(url, { progress: 'none', catalog: databaseUrl });
+    const summary = await runDemo(url, { progress: 'none', catalog: databaseUrl }, { logger: silentLogger });
     const names = (await storage.list()).map((item) => item.path);
     assert.deepEqual(names, [
       'run.json',

@@ -80,7 +80,8 @@ describe('parsePolicy', () => {
   it('rejects unknown presets and codes', () => {
     assert.throws(() => parsePolicy('gdpr'), /Invalid policy "gdpr": expected one of eea-uk, eea, eu, none/);
     assert.throws(() => parsePolicy('exclude:FR,ZZ'), /"ZZ" is not an ISO 3166-1 country or territory code/);
-    assert.throws(() => parsePolicy('allow:'), /Invalid policy/);
+    assert.throws(() => parsePolicy('allow:'), /allow: needs at least one ISO code or preset/);
+    assert.throws(() => parsePolicy('exclude:'), /exclude: needs at least one ISO code or preset/);
   });
 });
 

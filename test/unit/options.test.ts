@@ -25,12 +25,13 @@ describe('resolveOptions', () => {
       () => resolveOptions({ source: 's', output: 'o', resize_mode: 'stretch', image_size: 0, shard_sise: 5 }),
       (error: Error) => {
         assert.match(error.message, /resize_mode: expected one of no, keep_ratio, keep_ratio_largest, center_crop, border but received "stretch"/);
-        assert.match(error.message, /image_size: must be >= 1 but received 0/);
+        assert.match(error.message, /image_size: expected a value of at least 1 but received 0/);
         assert.match(error.message, /unknown field "shard_sise": remove it or use "shard_size"/);
         return true;
       },
     );
-    assert.throws(() => resolveOptions({ output: 'o' }), /missing field "source"/);
+    assert.throws(() => resolveOptions({ output: 'o' }), /missing source: add it/);
+    assert.throws(() => resolveOptions({ source: 's', image_size: -3 }, 'command-line options', 'flag'), /missing --output: add it[\s\S]*--image-size: expected a value of at least 1 but received -3/);
     assert.throws(() => resolveOptions({ source: 's', output: 'o', policy: 'gdpr' }), /policy: Invalid policy "gdpr"/);
   });
 });

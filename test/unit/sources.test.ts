@@ -125,6 +125,8 @@ describe('toInputRow', () => {
     assert.equal(reasonOf({ url: 'file:///etc/passwd' }), 'unsupported_scheme');
     assert.equal(reasonOf({ url: 'http://a.test/1.jpg', latitude: 'north', longitude: 3 }), 'invalid_location');
     assert.equal(reasonOf({ url: 'http://a.test/1.jpg', latitude: 3 }), 'invalid_location');
+    assert.equal(reasonOf({ url: 'http://a.test/1.jpg', latitude: 95, longitude: 3 }), 'invalid_location');
+    assert.equal(reasonOf({ url: 'http://a.test/1.jpg', latitude: 0, longitude: 0 }), 'ok');
     assert.equal(reasonOf({ url: 'http://a.test/1.jpg', country: 'Atlantis' }), 'invalid_location');
     assert.equal(reasonOf({ url: 'http://a.test/1.jpg', latitude: '', longitude: '' }), 'ok');
   });
@@ -138,8 +140,52 @@ describe('readSource with broken CSV quoting', () => {
     const records = await collect(file);
     assert.deepEqual(
       records.map((record) => record.record?.url ?? record.error?.slice(0, 7)),
-      ['http://a.test/1.jpg', 'line 3:', 'http://a.test/3.jpg', 'line 6:'],
+      ['http://a.test/1.jpg', 'Invalid', 'http://a.test/3.jpg', 'Quote N'],
     );
+    assert.match(records[1]?.error ?? '', /on line 3/);
     assert.deepEqual(records.map((record) => record.index), [0, 1, 2, 3]);
+  });
+
+  it('rejects a record that swallowed the lines after an unclosed quote', async (t) => {
+    const folder = await temporaryFolder(t);
+    const file = path.join(folder, 'list.csv');
+    await writeFile(file, 'url,caption,country\nhttp://a.test/1.jpg,"unclosed,KE\nhttp://a.test/2.jpg,two,IN\nhttp://a.test/3.jpg,"three",JP\n\nhttp://a.test/4.jpg,four,BR\n');
+    const records = await collect(file);
+    assert.equal(records.length, 2);
+    assert.match(records[0]?.error ?? '', /^lines 2-4: one record spans 3 lines/);
+    assert.equal(records[1]?.record?.url, 'http://a.test/4.jpg');
+  });
+
+  it('names the columns when the url column is missing', async (t) => {
+    const folder = await temporaryFolder(t);
+    const file = path.join(folder, 'list.csv');
+    await writeFile(file, 'link,caption\nhttp://a.test/1.jpg,one\n');
+    await assert.rejects(collect(file), /has no "url" column; its header has "link", "caption": pass --url-column/);
+  });
+
+  it('reports a missing file without a stack trace', async (t) => {
+    const folder = await temporaryFolder(t);
+    for (const format of ['csv', 'tsv', 'txt', 'jsonl'] as const) {
+      const records = readSource(path.join(folder, 'absent.tsv'), format);
+      await assert.rejects(records.next(), /absent\.tsv cannot be read: no such file or folder/);
+    }
+  });
+
+  it('strips a byte-order mark from JSON lines and names bad lines', async (t) => {
+    const folder = await temporaryFolder(t);
+    const file = path.join(folder, 'list.jsonl');
+    await writeFile(file, '\uFEFF{"url":"http://a.test/1.jpg"}\n\nnot json\n');
+    const records = await collect(file);
+    assert.equal(records[0]?.record?.url, 'http://a.test/1.jpg');
+    assert.match(records[1]?.error ?? '', /^line 3: invalid JSON/);
+  });
+
+  it('puts txt URLs under the configured url column', async (t) => {
+    const folder = await temporaryFolder(t);
+    const file = path.join(folder, 'list.txt');
+    await writeFile(file, 'http://a.test/1.jpg\n');
+    const records: SourceRecord[] = [];
+    for await (const record of readSource(file, 'auto', { urlColumn: 'link' })) records.push(record);
+    assert.deepEqual(records[0]?.record, { link: 'http://a.test/1.jpg' });
   });
 });
