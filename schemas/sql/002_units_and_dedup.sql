@@ -27,20 +27,20 @@ create table dedup_exact (
   primary key (scope, sha256)
 );
 
--- Near duplicates by multi-index hashing: the 64-bit perceptual hash split into four
--- 16-bit chunks, each indexed, so a lookup reads a few small index ranges.
+-- Near duplicates by multi-index hashing: the 64-bit perceptual hash split into chunks of
+-- 22, 21 and 21 bits, each indexed. Chunks this wide keep each index bucket to a few rows
+-- at tens of millions of hashes, so a lookup reads a few hundred short index ranges.
 create table dedup_near (
   scope text not null,
   key text not null,
-  phash text not null,
+  -- The 64-bit hash as a signed bigint, so the database computes Hamming distances itself.
+  phash bigint not null,
   c0 integer not null,
   c1 integer not null,
   c2 integer not null,
-  c3 integer not null,
   primary key (scope, key)
 );
 
 create index dedup_near_c0 on dedup_near (scope, c0);
 create index dedup_near_c1 on dedup_near (scope, c1);
 create index dedup_near_c2 on dedup_near (scope, c2);
-create index dedup_near_c3 on dedup_near (scope, c3);

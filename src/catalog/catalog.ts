@@ -70,7 +70,7 @@ function openPostgres(url: string): SqlClient {
       const client = await pool.connect();
       client.on('error', ignoreError);
       try {
-        // Whoever starts first applies the migrations; the others wait here, then find them applied.
+        // The first process to take the lock applies the migrations; the others wait here, then find them applied.
         await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK]);
         await client.query('begin');
         await apply({ query: async <Row>(sql: string, params?: unknown[]) => ({ rows: (await client.query(sql, params)).rows as Row[] }) });

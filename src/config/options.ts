@@ -102,7 +102,7 @@ function editDistance(a: string, b: string): number {
   return previous[b.length]!;
 }
 
-/** How a field is named in messages: its pipeline-file name, or its flag on the command line. */
+/** Naming of fields in messages: the pipeline-file name, or the command-line flag. */
 type FieldStyle = 'field' | 'flag';
 
 function fieldName(name: string, style: FieldStyle): string {

@@ -1,6 +1,20 @@
 import type { SqlClient } from '../catalog/catalog.js';
-import { CHUNK_BITS, CHUNKS, hashChunks, neighbours, type DedupMode, type Deduplicator, type DuplicateMatch } from './index.js';
-import { hammingDistance, hashToHex, hexToHash, type Hash64 } from './phash.js';
+import { neighbours, type DedupMode, type Deduplicator, type DuplicateMatch } from './index.js';
+import type { Hash64 } from './phash.js';
+
+/** Bits of the three indexed chunks, most significant first. */
+const CHUNK_WIDTHS = [22, 21, 21] as const;
+
+/** Splits a hash into the three chunks of CHUNK_WIDTHS. */
+function chunksOf(hash: Hash64): number[] {
+  const value = (BigInt(hash.high) << 32n) | BigInt(hash.low);
+  return [Number(value >> 42n), Number((value >> 21n) & 0x1fffffn), Number(value & 0x1fffffn)];
+}
+
+/** Writes a hash as the decimal text of a signed 64-bit integer, PostgreSQL's bigint. */
+function toSignedBigint(hash: Hash64): string {
+  return BigInt.asIntN(64, (BigInt(hash.high) << 32n) | BigInt(hash.low)).toString();
+}
 
 /** Derives a 64-bit advisory lock key from a scope name (FNV-1a over its UTF-16 units). */
 function lockKey(scope: string): bigint {
@@ -49,36 +63,36 @@ export class PostgresDeduplicator implements Deduplicator {
 
       await tx.query('insert into dedup_exact (scope, sha256, key) values ($1, $2, $3) on conflict do nothing', [this.scope, sha256, key]);
       if (this.mode === 'exact_and_near') {
-        const [c0, c1, c2, c3] = hashChunks(phash);
-        await tx.query(
-          'insert into dedup_near (scope, key, phash, c0, c1, c2, c3) values ($1, $2, $3, $4, $5, $6, $7) on conflict do nothing',
-          [this.scope, key, hashToHex(phash), c0, c1, c2, c3],
-        );
+        const [c0, c1, c2] = chunksOf(phash);
+        await tx.query('insert into dedup_near (scope, key, phash, c0, c1, c2) values ($1, $2, $3, $4, $5, $6) on conflict do nothing', [
+          this.scope,
+          key,
+          toSignedBigint(phash),
+          c0,
+          c1,
+          c2,
+        ]);
       }
       return null;
     });
   }
 
   async #findNear(tx: Pick<SqlClient, 'query'>, key: string, phash: Hash64): Promise<DuplicateMatch | null> {
-    // Pigeonhole: a hash within the radius is within radius / 4 bits on one of the four chunks.
-    const chunkRadius = Math.floor(this.radius / CHUNKS);
-    const probes = hashChunks(phash).map((chunk) => neighbours(chunk, CHUNK_BITS, chunkRadius));
-    const candidates = await tx.query<{ key: string; phash: string }>(
-      `select key, phash from dedup_near
+    // Pigeonhole: a hash within the radius is within radius / 3 bits on one of the three chunks.
+    const chunkRadius = Math.floor(this.radius / CHUNK_WIDTHS.length);
+    const probes = chunksOf(phash).map((chunk, index) => neighbours(chunk, CHUNK_WIDTHS[index]!, chunkRadius));
+    // The database filters the candidates by distance, so only the best match travels back.
+    const nearest = await tx.query<{ key: string; distance: number }>(
+      `select key, bit_count((phash # $6::bigint)::bit(64))::int as distance from dedup_near
        where scope = $1 and key <> $2
-         and (c0 = any($3::int[]) or c1 = any($4::int[]) or c2 = any($5::int[]) or c3 = any($6::int[]))`,
-      [this.scope, key, ...probes],
+         and (c0 = any($3::int[]) or c1 = any($4::int[]) or c2 = any($5::int[]))
+         and bit_count((phash # $6::bigint)::bit(64)) <= $7
+       order by distance, key
+       limit 1`,
+      [this.scope, key, ...probes, toSignedBigint(phash), this.radius],
     );
-
-    let best: DuplicateMatch | null = null;
-    for (const row of candidates.rows) {
-      const distance = hammingDistance(phash, hexToHash(row.phash));
-      if (distance > this.radius) continue;
-      if (!best || distance < best.distance || (distance === best.distance && row.key < best.keptKey)) {
-        best = { kind: 'near', keptKey: row.key, distance };
-      }
-    }
-    return best;
+    const row = nearest.rows[0];
+    return row ? { kind: 'near', keptKey: row.key, distance: Number(row.distance) } : null;
   }
 
   async close(): Promise<void> {}

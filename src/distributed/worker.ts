@@ -13,11 +13,20 @@ import { processLimits } from '../pipeline/ingest.js';
 import { processPart, type RunContext, type StatusLine } from '../pipeline/part.js';
 import type { SourceRecord } from '../sources/read.js';
 import { openStorage } from '../storage/s3.js';
+import type { Storage } from '../storage/storage.js';
+import { writeWidsIndex, type ShardInfo } from '../webdataset/writer.js';
 import { createKafka, parseUnitMessage, resolveBrokers, type UnitMessage } from './kafka.js';
 import { resolveCatalogUrl } from './submit.js';
 
 /** Events per produce request. */
 const EVENT_BATCH = 500;
+
+/**
+ * How long a stop waits for the unit in progress, then for the consumer to leave the
+ * group: together under the 120 s grace period the deployment files give a worker.
+ */
+const UNIT_GRACE_MS = 90_000;
+const DISCONNECT_GRACE_MS = 10_000;
 
 export interface WorkerHandle {
   /** Resolves when the worker has stopped after `stop`. */
@@ -45,8 +54,12 @@ async function sendEvents(producer: Producer, topic: string, runId: string, line
   }
 }
 
-/** Marks a run finished once its last unit is done; the totals come from the units. */
-async function finishRunIfComplete(client: SqlClient, runId: string): Promise<void> {
+/**
+ * Marks a run finished once its last unit is done, and writes its run.json and shard
+ * index beside the shards. Two workers that finish the last units together both write
+ * the same content.
+ */
+async function finishRunIfComplete(client: SqlClient, storage: Storage, options: IngestOptions, runId: string): Promise<void> {
   const { rows } = await client.query<{ pending: string; rows: string; ok: string; rejected: string }>(
     `select count(*) filter (where status <> 'done') as pending, coalesce(sum(rows), 0) as rows,
             coalesce(sum(ok), 0) as ok, coalesce(sum(rejected), 0) as rejected
@@ -55,13 +68,41 @@ async function finishRunIfComplete(client: SqlClient, runId: string): Promise<vo
   );
   const totals = rows[0]!;
   if (Number(totals.pending) > 0) return;
-  const reasons = await client.query<{ reason: string; count: string }>('select reason, count(*) as count from rejections where run_id = $1 group by reason', [runId]);
-  await new CatalogStore(client).finishRun(runId, {
-    inputRows: Number(totals.rows),
-    ok: Number(totals.ok),
-    rejected: Number(totals.rejected),
-    reasons: Object.fromEntries(reasons.rows.map((row) => [row.reason, Number(row.count)])),
-  });
+
+  const reasonRows = await client.query<{ reason: string; count: string }>('select reason, count(*) as count from rejections where run_id = $1 group by reason', [runId]);
+  const reasons = Object.fromEntries(reasonRows.rows.map((row) => [row.reason, Number(row.count)]));
+  const run = { inputRows: Number(totals.rows), ok: Number(totals.ok), rejected: Number(totals.rejected), reasons };
+  await new CatalogStore(client).finishRun(runId, run);
+
+  const shardRows = await client.query<{ name: string; samples: number; bytes: string; md5: string; first_key: string; last_key: string }>(
+    'select name, samples, bytes, md5, first_key, last_key from shards where run_id = $1 order by name',
+    [runId],
+  );
+  const shards: ShardInfo[] = shardRows.rows.map((row) => ({
+    name: row.name,
+    path: `${row.name}.tar`,
+    samples: row.samples,
+    bytes: Number(row.bytes),
+    md5: row.md5,
+    firstKey: row.first_key,
+    lastKey: row.last_key,
+  }));
+  if (shards.length > 0) await writeWidsIndex(storage, options.shardPrefix, shards);
+  const summary = {
+    run_id: runId,
+    source: options.source,
+    output: options.output,
+    policy: options.policy,
+    finished_at: new Date().toISOString(),
+    input_rows: run.inputRows,
+    ok: run.ok,
+    rejected: run.rejected,
+    reasons,
+    shards: shards.map((shard) => shard.path),
+    catalog: 'postgres',
+    interrupted: false,
+  };
+  await storage.writeObject('run.json', `${JSON.stringify(summary, null, 2)}\n`);
 }
 
 /**
@@ -121,12 +162,13 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
       `update units set status = 'done', finished_at = now(), ok = $3, rejected = $4, reasons = $5 where run_id = $1 and unit = $2`,
       [message.run_id, message.unit, result.ok, result.rejected, JSON.stringify(result.reasons)],
     );
-    await finishRunIfComplete(client, message.run_id);
+    await finishRunIfComplete(client, storage, options, message.run_id);
     unitLogger.info({ rows: result.rows, ok: result.ok, rejected: result.rejected, seconds: (Date.now() - started) / 1000 }, 'unit done');
   }
 
   let stopping = false;
   let consumer: Consumer | null = null;
+  let inProgress: Promise<void> | null = null;
   let resolveDone!: () => void;
   const done = new Promise<void>((resolve) => {
     resolveDone = resolve;
@@ -144,7 +186,12 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
         resolveOffset(kafkaMessage.offset);
         continue;
       }
-      await processUnit(unit, heartbeat);
+      inProgress = processUnit(unit, heartbeat);
+      try {
+        await inProgress;
+      } finally {
+        inProgress = null;
+      }
       resolveOffset(kafkaMessage.offset);
       await consumer!.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: (BigInt(kafkaMessage.offset) + 1n).toString() }]);
       await heartbeat();
@@ -153,8 +200,8 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
 
   /**
    * Joins the group and consumes. kafkajs restarts a consumer after retriable failures but
-   * gives up after a non-retriable one, such as no group coordinator for a minute after a
-   * broker restart; then this starts a new consumer, so the worker outlives the outage.
+   * gives up after a non-retriable one, such as finding no group coordinator for a minute
+   * after a broker restart. Then this starts a new consumer, so the worker outlives the outage.
    */
   async function startConsumer(attempt = 0): Promise<void> {
     if (stopping) return;
@@ -205,8 +252,14 @@ export async function startWorker(options: IngestOptions, { logger = defaultLogg
     if (stopping) return done;
     stopping = true;
     workerLogger.info('worker stopping after the unit in progress');
-    // disconnect() waits for the running batch handler, which stops after its current unit.
-    await consumer?.disconnect();
+    // The batch handler stops after its current unit, whose offset is then committed.
+    if (inProgress) {
+      const finished = await Promise.race([inProgress.then(() => true, () => true), sleep(UNIT_GRACE_MS).then(() => false)]);
+      if (!finished) workerLogger.warn({ graceMs: UNIT_GRACE_MS }, 'abandoning the unit in progress; it will run again elsewhere');
+    }
+    // kafkajs can wait indefinitely in disconnect() while it restarts a crashed consumer.
+    const disconnected = await Promise.race([consumer?.disconnect().then(() => true, () => true) ?? true, sleep(DISCONNECT_GRACE_MS).then(() => false)]);
+    if (!disconnected) workerLogger.warn({ graceMs: DISCONNECT_GRACE_MS }, 'consumer did not disconnect in time; the group will notice on its own');
     await producer.disconnect();
     await fetcher.close();
     await client.close();

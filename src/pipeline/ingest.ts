@@ -59,15 +59,15 @@ function isRunOutput(objectPath: string): boolean {
 }
 
 /**
- * Stops when the output already holds another run's shards, since a reader that takes
- * every .tar of the folder would mix the two runs; with `overwrite`, deletes them first.
+ * Stops when the output already contains another run's shards, since a reader that takes
+ * every .tar of the folder would mix the two runs. With `overwrite`, deletes them first.
  */
 async function clearEarlierRun(storage: Storage, overwrite: boolean, logger: Logger): Promise<void> {
   const earlier = (await storage.list()).filter((object) => isRunOutput(object.path));
   if (earlier.length === 0) return;
   if (!overwrite) {
     throw new Error(
-      `Output ${storage.root} already holds ${earlier.length} files of an earlier run (${earlier[0]!.path}...): choose another output or pass --overwrite to delete them`,
+      `Output ${storage.root} already contains ${earlier.length} files of an earlier run (${earlier[0]!.path}...): choose another output or pass --overwrite to delete them`,
     );
   }
   for (const object of earlier) await storage.remove(object.path);

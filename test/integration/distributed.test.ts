@@ -269,6 +269,11 @@ describe('distributed run', { skip: missing, timeout: 1_200_000 }, () => {
     assert.deepEqual(status.reasons, embedded.reasons);
     assert.deepEqual(status.stuck, []);
     assert.match(formatRunStatus(status), /units: 20 done, 0 running, 0 pending/);
+
+    const runJson = JSON.parse((await scenario.storage.readObject('run.json')).toString());
+    assert.deepEqual([runJson.input_rows, runJson.ok, runJson.rejected], [2000, embedded.ok, embedded.rejected]);
+    const index = JSON.parse((await scenario.storage.readObject('shard.wids.json')).toString());
+    assert.equal(index.shardlist.reduce((sum: number, shard: { nsamples: number }) => sum + shard.nsamples, 0), embedded.ok);
   });
 
   it('loses nothing when a worker is killed in the middle of a unit', async (t) => {
@@ -308,7 +313,10 @@ describe('distributed run', { skip: missing, timeout: 1_200_000 }, () => {
     );
     assert.equal(Number(rowsAccounted.rows[0]?.count), rows.length);
     const objects = (await scenario.storage.list()).map((object) => object.path);
-    assert.ok(objects.every((name) => /^(units\/unit-\d{6}\.jsonl|shard-\d{6}\.(tar|stats\.json)|status\/shard-status-\d{6}\.jsonl)$/.test(name)), objects.join(', '));
+    assert.ok(
+      objects.every((name) => /^(units\/unit-\d{6}\.jsonl|shard-\d{6}\.(tar|stats\.json)|status\/shard-status-\d{6}\.jsonl|run\.json|shard\.wids\.json)$/.test(name)),
+      objects.join(', '),
+    );
   });
 
   for (const service of ['kafka', 'postgres'] as const) {

@@ -135,7 +135,7 @@ describe('output folder of an earlier run', () => {
     await ingest(testOptions({ source: path.join(folder, 'four.txt'), output, shard_size: 1 }), { logger: silentLogger });
     await assert.rejects(
       ingest(testOptions({ source: path.join(folder, 'one.txt'), output }), { logger: silentLogger }),
-      /already holds \d+ files of an earlier run .*pass --overwrite/,
+      /already contains \d+ files of an earlier run .*pass --overwrite/,
     );
     const second = await ingest(testOptions({ source: path.join(folder, 'one.txt'), output, overwrite: true }), { logger: silentLogger });
     assert.deepEqual(second.shards, ['shard-000000.tar']);
