@@ -25,6 +25,16 @@ async function newBucket(): Promise<{ url: string; storage: S3Storage }> {
   return { url, storage: new S3Storage(url, createS3Client(settings)) };
 }
 
+/** Points the runs of one test at the test S3 server, which ingest reads from the environment. */
+function pointRunsAtTestServer(t: { after: (fn: () => void) => void }): void {
+  const previous = process.env.GEOSHARD_S3_ENDPOINT;
+  process.env.GEOSHARD_S3_ENDPOINT = endpoint;
+  t.after(() => {
+    if (previous === undefined) delete process.env.GEOSHARD_S3_ENDPOINT;
+    else process.env.GEOSHARD_S3_ENDPOINT = previous;
+  });
+}
+
 /** The same behaviour is expected of both storages. */
 async function exerciseStorage(storage: Storage): Promise<void> {
   const pending = await storage.createObject('shards/big.tar');
@@ -74,12 +84,7 @@ describe('S3Storage', { skip: s3Missing }, () => {
   it('receives a whole run with status and summary', { skip: databaseUrl ? false : 'GEOSHARD_TEST_DATABASE_URL not set: start infra/local/postgres.sh' }, async (t) => {
     const { url, storage } = await newBucket();
     t.after(() => storage.close());
-    const previous = process.env.GEOSHARD_S3_ENDPOINT;
-    process.env.GEOSHARD_S3_ENDPOINT = endpoint;
-    t.after(() => {
-      if (previous === undefined) delete process.env.GEOSHARD_S3_ENDPOINT;
-      else process.env.GEOSHARD_S3_ENDPOINT = previous;
-    });
+    pointRunsAtTestServer(t);
 
     const summary = await runDemo(url, { progress: 'none', catalog: databaseUrl }, { logger: silentLogger });
     const names = (await storage.list()).map((item) => item.path);
@@ -103,12 +108,7 @@ describe('S3 sources', { skip: s3Missing }, () => {
   it('ingests the images under a prefix and a URL list stored in the bucket', async (t) => {
     const { url, storage } = await newBucket();
     t.after(() => storage.close());
-    const previous = process.env.GEOSHARD_S3_ENDPOINT;
-    process.env.GEOSHARD_S3_ENDPOINT = endpoint;
-    t.after(() => {
-      if (previous === undefined) delete process.env.GEOSHARD_S3_ENDPOINT;
-      else process.env.GEOSHARD_S3_ENDPOINT = previous;
-    });
+    pointRunsAtTestServer(t);
     const names = (await readdir(demoImages)).sort();
     for (const name of names) await storage.writeObject(`images/${name}`, await readFile(path.join(demoImages, name)));
     await storage.writeObject('images/notes.txt', 'not an image');
