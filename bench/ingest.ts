@@ -4,9 +4,9 @@
  *   node --import tsx bench/ingest.ts [--rows 2000] [--python PATH] [--repetitions 3]
  *                                     [--shard-size 250] [--corpus DIR] [--profile DIR] [--keep]
  *
- * The input repeats the real images of the corpus folders photos/ and geo/ (--corpus, else
- * GEOSHARD_CORPUS, else the default of the tests) under a distinct URL per row, served from
- * memory by an HTTP server on 127.0.0.1 that this script starts. Both tools run as whole
+ * The input repeats the real images of the corpus folders photos/ and geo/ under a distinct
+ * URL per row (the corpus is --corpus, else GEOSHARD_CORPUS, else the default of the tests).
+ * An HTTP server on 127.0.0.1 that this script starts serves them from memory. Both tools run as whole
  * processes, alternating geoshard and img2dataset, each into a new output folder, and each
  * run must leave exactly one JPEG per row in its tar shards, so a broken run cannot pass for
  * a fast one. `--python` names an interpreter that has img2dataset installed
