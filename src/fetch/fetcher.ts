@@ -192,7 +192,7 @@ export class Fetcher {
       const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
       if (status === 404) throw new RejectionError('file_not_found', `no object ${key} in bucket ${bucket}`, { cause: error });
       if (status !== undefined) {
-        throw new RejectionError(`http_${status}`, `S3 answered ${status} for ${url.slice(0, 200)}`, { retriable: RETRIABLE_STATUSES.has(status), cause: error });
+        throw new RejectionError(`http_${status}`, `S3 returned HTTP ${status} for ${url.slice(0, 200)}`, { retriable: RETRIABLE_STATUSES.has(status), cause: error });
       }
       throw classifyNetworkError(error);
     }

@@ -3,8 +3,8 @@ import net from 'node:net';
 import ipaddr from 'ipaddr.js';
 
 /**
- * Cloud metadata and platform endpoints. Most sit in ranges refused anyway (link-local,
- * carrier-grade NAT, unique-local); Azure's wire server is a public unicast address.
+ * Cloud metadata and platform endpoints. Most lie in ranges rejected anyway (link-local,
+ * carrier-grade NAT, unique-local), but Azure's wire server is a public unicast address.
  */
 const METADATA_ADDRESSES = new Set(['169.254.169.254', '168.63.129.16', '100.100.100.200', '192.0.0.192', 'fd00:ec2::254']);
 
@@ -61,8 +61,8 @@ type Resolver = (
 
 /**
  * Wraps a resolver so that every connection, redirects included, is checked against the
- * addresses it is about to use: a host with any refused address is refused whole, since
- * mixing public and private answers is how DNS rebinding gets past a check.
+ * addresses it is about to use. A host with any rejected address is rejected whole,
+ * because mixing public and private addresses is how DNS rebinding gets past a check.
  */
 export function createGuardedLookup({
   allowPrivateNetwork,

@@ -1,7 +1,7 @@
 import * as countryCoder from '@rapideditor/country-coder';
 import { EU_SPECIAL_TERRITORIES, POLICY_PRESETS, isPolicyPresetName } from './territories.js';
 
-/** Where a piece of location evidence came from, in order of precedence. */
+/** Source of a piece of location evidence, in order of precedence. */
 export type LocationSource = 'exif_gps' | 'declared_coordinates' | 'declared_country';
 
 export interface LocationEvidence {
@@ -48,7 +48,7 @@ export function normalizeTerritoryCode(code: string): string | null {
   if (level !== 'subterritory') return null;
 
   // Subterritories carry exceptionally reserved codes (FX, DG, TA...). Only the Canary
-  // Islands are named by the policies; the others stand for the territory that holds them.
+  // Islands are named by the policies, so the others map to the territory that contains them.
   if (iso1A2 && EU_SPECIAL_TERRITORIES.includes(iso1A2)) return iso1A2;
   for (const group of groups ?? []) {
     const parent = countryCoder.feature(group);
@@ -123,7 +123,7 @@ export interface LocationInputs {
 
 /**
  * Decides where an image comes from and whether the policy excludes it. Any source that
- * places the image in an excluded territory excludes it, whatever the other sources say.
+ * places the image in an excluded territory excludes it, whatever the other sources place it in.
  * Unusable coordinates are not evidence; an unknown declared code is evidence of nothing
  * and is recorded with a null territory.
  */

@@ -25,8 +25,8 @@ export interface ShardInfo {
 const FIXED_MTIME = new Date(0);
 
 /**
- * Checks a WebDataset key: readers split member names at the first dot of the base
- * name, so a key with a dot would change the extension the reader sees.
+ * Checks a WebDataset key. Readers split member names at the first dot of the base
+ * name, so a key with a dot would change the extension a reader derives.
  */
 export function assertValidKey(key: string): void {
   if (!/^[A-Za-z0-9_-]+$/.test(key)) throw new Error(`Invalid sample key "${key}": use letters, digits, - and _ only (no dots, no slashes)`);

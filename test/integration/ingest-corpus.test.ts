@@ -150,7 +150,8 @@ describe('ingest on the real corpus', { skip: corpusMissing }, () => {
     assert.equal(lines.length, 2);
     for (const line of lines) {
       assert.equal(line.reason, 'decode_error');
-      assert.ok(line.detail && line.detail.length > 0);
+      assert.equal(typeof line.detail, 'string');
+      assert.ok(line.detail!.length > 0);
     }
   });
 

@@ -35,7 +35,7 @@ function pointRunsAtTestServer(t: { after: (fn: () => void) => void }): void {
   });
 }
 
-/** The same behaviour is expected of both storages. */
+/** Checks the behaviour both storages must share. */
 async function exerciseStorage(storage: Storage): Promise<void> {
   const pending = await storage.createObject('shards/big.tar');
   // 12 MiB in 1 MiB writes: more than one 8 MiB part, so S3 takes a multipart upload.
@@ -105,7 +105,7 @@ describe('S3Storage', { skip: s3Missing }, () => {
 });
 
 describe('S3 sources', { skip: s3Missing }, () => {
-  it('ingests the images under a prefix and a URL list stored in the bucket', async (t) => {
+  it('ingests an image prefix and a stored list', async (t) => {
     const { url, storage } = await newBucket();
     t.after(() => storage.close());
     pointRunsAtTestServer(t);

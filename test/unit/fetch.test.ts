@@ -35,7 +35,7 @@ async function rejection(promise: Promise<unknown>): Promise<RejectionError> {
   assert.fail('expected a rejection');
 }
 
-/** A resolver stub that maps every name to fixed addresses and records the names asked. */
+/** Creates a resolver stub that maps every name to fixed addresses and records the names looked up. */
 function stubResolver(addresses: LookupAddress[], asked: string[] = []) {
   return (hostname: string, _options: unknown, callback: (error: NodeJS.ErrnoException | null, addresses: LookupAddress[]) => void) => {
     asked.push(hostname);
@@ -128,7 +128,7 @@ describe('Fetcher', () => {
     };
     const lookup = createGuardedLookup({ allowPrivateNetwork: false, resolver });
     const client = fetcher(t, { allowPrivateNetwork: false, retries: 0 }, { lookup: (hostname, options, callback) => {
-      // Stand-in for the public host: answer its connection on loopback without the guard.
+      // Stand-in for the public host: resolve it to loopback without the guard.
       if (hostname === 'public.example.test') return callback(null, options.all ? [{ address: '127.0.0.1', family: 4 }] : '127.0.0.1', 4);
       return lookup(hostname, options, callback);
     } });
